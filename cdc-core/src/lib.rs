@@ -1,1 +1,40 @@
-//! stub
+//! The Debezium side of cdc-lakehouse: the change-event model, a type-faithful
+//! decoder for Kafka Connect JsonConverter records, Arrow conversion, and the
+//! [`Sink`] trait every destination implements.
+//!
+//! ```no_run
+//! use cdc_core::{Decoder, RawRecord, Record};
+//!
+//! let mut decoder = Decoder::new();
+//! let value = br#"{"before":null,"after":{"id":1},"source":{"schema":"public","table":"t","lsn":1},"op":"c"}"#;
+//! decoder.push(RawRecord { topic: "cdc.public.t", partition: 0, offset: 0, key: Some(br#"{"id":1}"#), value: Some(value) })?;
+//! for record in decoder.flush() {
+//!     if let Record::Change(event) = record {
+//!         println!("{} {} {:?}", event.table(), event.op.code(), event.after);
+//!     }
+//! }
+//! # Ok::<(), cdc_core::Error>(())
+//! ```
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `test-utils` | [`MemorySink`](memory::MemorySink), an in-memory sink for tests |
+
+pub mod arrow;
+mod decode;
+mod error;
+mod event;
+#[cfg(feature = "test-utils")]
+pub mod memory;
+mod schema;
+mod sink;
+mod value;
+
+pub use decode::{Decoder, RawRecord, UNAVAILABLE_PLACEHOLDER};
+pub use error::{Error, Position, Result};
+pub use event::{
+    ChangeEvent, Op, OrderKey, Record, Row, Source, TableId, TransactionBlock, TransactionMarker, TransactionStatus,
+};
+pub use schema::{DataType, Field, SchemaRef, SourceColumn, TableSchema, TimeUnit};
+pub use sink::{Batch, Offsets, Sink};
+pub use value::{Decimal, Interval, TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY, Value};

@@ -1,0 +1,869 @@
+//! The push decoder: Kafka record bytes in, typed [`Record`]s out. No I/O.
+//!
+//! Values are decoded straight from the JSON tokens into [`Value`]s by their
+//! column type (a serde `DeserializeSeed` per type), never through
+//! `serde_json::Value`. A record's Connect schema is parsed once per distinct
+//! schema text and cached, so records with schemas cost little more than
+//! schemaless ones: the schema bytes are only scanned and hashed.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::error::{Error, Position, Result};
+use crate::event::{ChangeEvent, Op, OrderKey, Record, Source, TransactionBlock, TransactionMarker, TransactionStatus};
+use crate::schema::{ConnectSchema, DataType, Field, SchemaRef, TableSchema};
+use crate::value::{Decimal, TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY, Value};
+
+/// What Debezium writes for an unchanged TOASTed column it could not read
+/// (`unavailable.value.placeholder`, its default).
+pub const UNAVAILABLE_PLACEHOLDER: &str = "__debezium_unavailable_value";
+/// The same placeholder, base64-encoded as bytea columns carry it.
+const UNAVAILABLE_PLACEHOLDER_BASE64: &str = "X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ==";
+
+/// Millisecond values the PostgreSQL JDBC driver uses for timestamp
+/// `infinity` / `-infinity`; Debezium passes them on scaled to the wire unit.
+const PG_INFINITY_MILLIS: i64 = 9_223_372_036_825_200_000;
+const PG_NEG_INFINITY_MILLIS: i64 = -9_223_372_036_832_400_000;
+
+/// One Kafka record as the decoder sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRecord<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+}
+
+impl RawRecord<'_> {
+    pub fn position(&self) -> Position {
+        Position::new(self.topic, self.partition, self.offset)
+    }
+}
+
+/// Decodes Debezium records produced by Kafka Connect's JsonConverter, with
+/// (`schemas.enable=true`) or without schemas.
+///
+/// Without schemas, column types come from a schema given to
+/// [`register_schema`](Decoder::register_schema) or learnt from an earlier
+/// record of the same table that had one; otherwise from the JSON shape
+/// ([`DataType::Dynamic`]: integers, floats, booleans, strings, lists; decimals
+/// stay base64 text, timestamps stay integers).
+#[derive(Default)]
+pub struct Decoder {
+    /// Value schema text -> the row schema it describes (without key).
+    value_schemas: HashMap<Box<str>, CachedValueSchema>,
+    /// Key schema text -> key column names.
+    key_schemas: HashMap<Box<str>, Arc<[String]>>,
+    /// `schema.table` -> the latest schema seen or registered.
+    tables: HashMap<String, SchemaRef>,
+    buffer: Vec<Record>,
+}
+
+struct CachedValueSchema {
+    columns: Arc<TableSchema>,
+    /// Keyed variants of `columns`, by key columns (almost always one).
+    keyed: Vec<(Arc<[String]>, SchemaRef)>,
+}
+
+impl Decoder {
+    pub fn new() -> Decoder {
+        Decoder::default()
+    }
+
+    /// Gives the column types of `schema.table` for schemaless records.
+    pub fn register_schema(&mut self, table: &str, schema: TableSchema) {
+        self.tables.insert(table.to_owned(), Arc::new(schema));
+    }
+
+    /// The latest schema known for `schema.table`.
+    pub fn table_schema(&self, table: &str) -> Option<&SchemaRef> {
+        self.tables.get(table)
+    }
+
+    /// Decodes one record and keeps it for [`flush`](Decoder::flush). On error
+    /// nothing is kept: the caller dead-letters the record.
+    pub fn push(&mut self, record: RawRecord<'_>) -> Result<()> {
+        let decoded = self.decode(record)?;
+        self.buffer.push(decoded);
+        Ok(())
+    }
+
+    /// The records pushed since the last flush, in push order.
+    pub fn flush(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.buffer)
+    }
+
+    /// Decodes one record.
+    pub fn decode(&mut self, record: RawRecord<'_>) -> Result<Record> {
+        let position = record.position();
+        let fail = |field: Option<&str>, message: String| Error::Decode {
+            position: position.clone(),
+            field: field.map(str::to_owned),
+            message,
+        };
+        let Some(bytes) = record.value else {
+            return Ok(Record::Tombstone { position });
+        };
+        let top: Envelope<'_> = serde_json::from_slice(bytes).map_err(|e| fail(None, format!("not JSON: {e}")))?;
+        let (envelope, schema_text, prefix) = match (top.schema, top.payload) {
+            (Some(schema), Some(payload)) if top.is_wrapper() => {
+                if payload.get() == "null" {
+                    return Ok(Record::Tombstone { position });
+                }
+                let envelope: Envelope<'_> = serde_json::from_str(payload.get())
+                    .map_err(|e| fail(Some("payload"), format!("not a Debezium envelope: {e}")))?;
+                (envelope, (schema.get() != "null").then(|| schema.get()), "payload.")
+            }
+            (Some(_), None) if top.is_wrapper() => {
+                return Err(fail(Some("payload"), "record has a `schema` but no `payload`".into()));
+            }
+            _ => (top, None, ""),
+        };
+
+        if envelope.status.is_some() {
+            return envelope.transaction_marker(position, prefix).map(Record::Transaction);
+        }
+        let Some(op_code) = envelope.op.as_deref() else {
+            if envelope.is_heartbeat(record.topic) {
+                return Ok(Record::Heartbeat { position, ts_ms: envelope.ts_ms });
+            }
+            return Err(fail(Some(&format!("{prefix}op")), "missing: not a Debezium change event".into()));
+        };
+        let op = Op::parse(op_code)
+            .ok_or_else(|| fail(Some(&format!("{prefix}op")), format!("unknown operation `{op_code}`")))?;
+        let source: Source = match envelope.source {
+            Some(raw) => {
+                serde_json::from_str(raw.get()).map_err(|e| fail(Some(&format!("{prefix}source")), e.to_string()))?
+            }
+            None => return Err(fail(Some(&format!("{prefix}source")), "missing".into())),
+        };
+        let transaction: Option<TransactionBlock> = match envelope.transaction {
+            Some(raw) => serde_json::from_str(raw.get())
+                .map_err(|e| fail(Some(&format!("{prefix}transaction")), e.to_string()))?,
+            None => None,
+        };
+        let table = format!("{}.{}", source.schema, source.table);
+
+        let key_names = match record.key {
+            Some(key) if op != Op::Truncate => Some(self.key_names(key).map_err(|m| fail(Some("key"), m))?),
+            _ => None,
+        };
+        let mut schema = match schema_text {
+            Some(text) => self
+                .schema_from_text(text, key_names.as_ref(), &table)
+                .map_err(|e| Error::RecordSchema { position: position.clone(), source: Box::new(e) })?,
+            None => self.schemaless_schema(&table, key_names.as_ref(), &fail)?,
+        };
+
+        let mut before = None;
+        let mut after = None;
+        for (name, raw, image) in [("before", envelope.before, &mut before), ("after", envelope.after, &mut after)] {
+            let Some(raw) = raw else { continue };
+            let (row, extra) = decode_row(raw.get(), &schema, schema_text.is_none())
+                .map_err(|(field, message)| fail(Some(&format!("{prefix}{name}{field}")), message))?;
+            if !extra.is_empty() {
+                schema = self.extend_schema(&table, &schema, &extra);
+            }
+            *image = Some(row);
+        }
+        // Rows decoded before the schema grew lack the new columns.
+        for row in [&mut before, &mut after].into_iter().flatten() {
+            row.resize(schema.fields().len(), Value::Null);
+        }
+        if op == Op::Delete
+            && let Some(image) = before.as_mut()
+        {
+            blank_key_only_filler(&schema, image);
+        }
+        let key = if op == Op::Truncate {
+            None
+        } else {
+            after.as_ref().or(before.as_ref()).map(|row| schema.key_indices().iter().map(|&i| row[i].clone()).collect())
+        };
+        let order =
+            order_key(&source, record.offset).map_err(|m| fail(Some(&format!("{prefix}source.sequence")), m))?;
+        Ok(Record::Change(ChangeEvent {
+            position,
+            op,
+            schema,
+            before,
+            after,
+            key,
+            source,
+            ts_ms: envelope.ts_ms,
+            transaction,
+            order,
+        }))
+    }
+
+    fn key_names(&mut self, key: &[u8]) -> std::result::Result<Arc<[String]>, String> {
+        let top: Envelope<'_> = serde_json::from_slice(key).map_err(|e| format!("not JSON: {e}"))?;
+        if let (Some(schema), true) = (top.schema, top.is_wrapper()) {
+            if let Some(names) = self.key_schemas.get(schema.get()) {
+                return Ok(names.clone());
+            }
+            let parsed: ConnectSchema = serde_json::from_str(schema.get()).map_err(|e| format!("key schema: {e}"))?;
+            let names: Arc<[String]> = parsed.fields.iter().filter_map(|f| f.field.clone()).collect();
+            self.key_schemas.insert(schema.get().into(), names.clone());
+            return Ok(names);
+        }
+        let names = serde_json::from_slice::<KeyNames>(key).map_err(|e| format!("not a JSON object: {e}"))?;
+        Ok(names.0.into())
+    }
+
+    fn schema_from_text(&mut self, text: &str, key: Option<&Arc<[String]>>, table: &str) -> Result<SchemaRef> {
+        let no_key: Arc<[String]> = Arc::from(Vec::new());
+        let key = key.unwrap_or(&no_key);
+        if let Some(cached) = self.value_schemas.get(text)
+            && let Some((_, schema)) = cached.keyed.iter().find(|(k, _)| k == key)
+        {
+            return Ok(schema.clone());
+        }
+        if !self.value_schemas.contains_key(text) {
+            let parsed: ConnectSchema =
+                serde_json::from_str(text).map_err(|e| Error::Schema { message: format!("value schema: {e}") })?;
+            let row = ["after", "before"]
+                .iter()
+                .find_map(|name| parsed.child(name))
+                .ok_or_else(|| Error::Schema { message: "envelope schema has no `before`/`after` struct".into() })?;
+            let columns = Arc::new(TableSchema::new(row.columns()?, &[])?);
+            if let Some(previous) = self.tables.get(table) {
+                check_compatible(table, previous, &columns)?;
+            }
+            self.value_schemas.insert(text.into(), CachedValueSchema { columns, keyed: Vec::new() });
+        }
+        let cached = self.value_schemas.get_mut(text).expect("inserted above");
+        let key_refs: Vec<&str> = key.iter().map(String::as_str).collect();
+        let schema = Arc::new(cached.columns.with_key(&key_refs)?);
+        cached.keyed.push((key.clone(), schema.clone()));
+        self.tables.insert(table.to_owned(), schema.clone());
+        Ok(schema)
+    }
+
+    fn schemaless_schema(
+        &mut self,
+        table: &str,
+        key: Option<&Arc<[String]>>,
+        fail: &impl Fn(Option<&str>, String) -> Error,
+    ) -> Result<SchemaRef> {
+        let known = self.tables.get(table).cloned();
+        let schema = match known {
+            Some(schema) => schema,
+            None => Arc::new(TableSchema::new(Vec::new(), &[])?),
+        };
+        let Some(key) = key else { return Ok(schema) };
+        if schema.key_names().eq(key.iter().map(String::as_str)) {
+            return Ok(schema);
+        }
+        // Key columns unknown so far are added as shape-typed columns, so that
+        // the key resolves; their values come from the row image.
+        let mut fields = schema.fields().to_vec();
+        for name in key.iter() {
+            if schema.index_of(name).is_none() {
+                fields.push(dynamic_field(name));
+            }
+        }
+        let key_refs: Vec<&str> = key.iter().map(String::as_str).collect();
+        let schema = Arc::new(TableSchema::new(fields, &key_refs).map_err(|e| fail(Some("key"), e.to_string()))?);
+        self.tables.insert(table.to_owned(), schema.clone());
+        Ok(schema)
+    }
+
+    fn extend_schema(&mut self, table: &str, schema: &SchemaRef, extra: &[String]) -> SchemaRef {
+        let mut fields = schema.fields().to_vec();
+        fields.extend(extra.iter().filter(|n| schema.index_of(n).is_none()).map(|n| dynamic_field(n)));
+        let key: Vec<&str> = schema.key_names().collect();
+        let extended = Arc::new(TableSchema::new(fields, &key).expect("key columns are kept"));
+        self.tables.insert(table.to_owned(), extended.clone());
+        extended
+    }
+}
+
+fn dynamic_field(name: &str) -> Field {
+    Field { name: name.to_owned(), data_type: DataType::Dynamic, nullable: true, default: None, source: None }
+}
+
+/// A column whose type changed to one its readers cannot widen to is an error:
+/// the record goes to the dead-letter store rather than corrupting the table.
+fn check_compatible(table: &str, old: &TableSchema, new: &TableSchema) -> Result<()> {
+    for field in new.fields() {
+        if let Some(previous) = old.field(&field.name)
+            && !previous.data_type.can_widen_to(&field.data_type)
+        {
+            return Err(Error::Schema {
+                message: format!(
+                    "column `{}` of `{table}` changed type in place from {:?} to {:?}",
+                    field.name, previous.data_type, field.data_type
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl DataType {
+    /// Whether values of `self` can be stored unchanged in a column of `to`.
+    pub fn can_widen_to(&self, to: &DataType) -> bool {
+        use DataType::*;
+        let int_rank = |t: &DataType| match t {
+            Int8 => Some(1),
+            Int16 => Some(2),
+            Int32 => Some(3),
+            Int64 => Some(4),
+            _ => None,
+        };
+        match (self, to) {
+            (a, b) if a == b => true,
+            (Dynamic, _) | (_, Dynamic) => true,
+            (a, b) if int_rank(a).is_some() && int_rank(b).is_some() => int_rank(a) <= int_rank(b),
+            (Int8 | Int16 | Int32, Float64) | (Float32, Float64) => true,
+            (Decimal { precision: p1, scale: s1 }, Decimal { precision: p2, scale: s2 }) => {
+                s1 == s2 && p2.unwrap_or(u32::MAX) >= p1.unwrap_or(u32::MAX)
+            }
+            (Decimal { .. }, VariableDecimal) => true,
+            (Enum { .. }, Enum { .. }) | (EnumSet { .. }, EnumSet { .. }) => true,
+            (Bits { .. }, Bits { .. }) => true,
+            (String | Enum { .. } | Uuid | Xml | Json, String) => true,
+            (Time(_), Time(_)) | (Timestamp(_), Timestamp(_)) => true,
+            (Array(a), Array(b)) => a.can_widen_to(b),
+            _ => false,
+        }
+    }
+}
+
+/// With `REPLICA IDENTITY DEFAULT`, a delete's before-image carries the key
+/// and, for every other column, null or a filler (empty string, 0, epoch, or
+/// the schema default JsonConverter substitutes for null). Such values are
+/// not the row's: mark them unavailable. A full before-image has at least one
+/// real value and is kept.
+fn blank_key_only_filler(schema: &TableSchema, image: &mut [Value]) {
+    let key = schema.key_indices();
+    let is_filler = |i: usize, value: &Value| {
+        let field = &schema.fields()[i];
+        value.is_null() || field.default.as_ref() == Some(value) || is_zero_value(value)
+    };
+    let all_filler = image.iter().enumerate().all(|(i, v)| key.contains(&i) || is_filler(i, v));
+    let any_non_key = (0..image.len()).any(|i| !key.contains(&i));
+    if all_filler && any_non_key && !key.is_empty() {
+        for (i, value) in image.iter_mut().enumerate() {
+            if !key.contains(&i) {
+                *value = Value::Unavailable;
+            }
+        }
+    }
+}
+
+fn is_zero_value(value: &Value) -> bool {
+    match value {
+        Value::Bool(b) => !b,
+        Value::Int(0) | Value::Date(0) | Value::Time(0) | Value::Timestamp(0) | Value::TimestampTz(0) => true,
+        Value::Duration(0) => true,
+        Value::Float(f) => *f == 0.0,
+        Value::Decimal(d) => d.unscaled == 0,
+        Value::String(s) => s.is_empty(),
+        Value::Bytes(b) => b.is_empty(),
+        Value::List(l) => l.is_empty(),
+        _ => false,
+    }
+}
+
+fn order_key(source: &Source, offset: i64) -> std::result::Result<OrderKey, String> {
+    let lsn = source.lsn.map(|l| l as u64).unwrap_or(0);
+    let Some(sequence) = source.sequence.as_deref() else {
+        return Ok(OrderKey { commit_lsn: lsn, lsn, offset });
+    };
+    let parts: [Option<Cow<'_, str>>; 2] =
+        serde_json::from_str(sequence).map_err(|e| format!("expected [\"commit_lsn\",\"lsn\"]: {e}"))?;
+    let parse = |p: &Option<Cow<'_, str>>| -> std::result::Result<Option<u64>, String> {
+        p.as_deref().map(|s| s.parse::<u64>().map_err(|e| format!("`{s}`: {e}"))).transpose()
+    };
+    let commit_lsn = parse(&parts[0])?.unwrap_or(0);
+    let lsn = parse(&parts[1])?.unwrap_or(lsn);
+    Ok(OrderKey { commit_lsn, lsn, offset })
+}
+
+/// Both levels of a JsonConverter record: `{schema, payload}` and the
+/// Debezium envelope (change event, transaction marker or heartbeat).
+#[derive(Deserialize, Default)]
+struct Envelope<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    schema: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    payload: Option<&'a RawValue>,
+    #[serde(borrow)]
+    before: Option<&'a RawValue>,
+    #[serde(borrow)]
+    after: Option<&'a RawValue>,
+    #[serde(borrow)]
+    source: Option<&'a RawValue>,
+    #[serde(borrow)]
+    op: Option<Cow<'a, str>>,
+    ts_ms: Option<i64>,
+    #[serde(borrow)]
+    transaction: Option<&'a RawValue>,
+    #[serde(borrow)]
+    status: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    event_count: Option<i64>,
+    #[serde(borrow)]
+    data_collections: Option<&'a RawValue>,
+}
+
+/// Keeps `"schema": null` distinguishable from an absent key (a raw `null`).
+fn present<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+impl<'a> Envelope<'a> {
+    /// `{"schema": ..., "payload": ...}` and nothing else.
+    fn is_wrapper(&self) -> bool {
+        self.schema.is_some()
+            && self.before.is_none()
+            && self.after.is_none()
+            && self.op.is_none()
+            && self.source.is_none()
+            && self.status.is_none()
+    }
+
+    fn is_heartbeat(&self, topic: &str) -> bool {
+        topic.contains("heartbeat") || (self.ts_ms.is_some() && self.before.is_none() && self.after.is_none())
+    }
+
+    fn transaction_marker(self, position: Position, prefix: &str) -> Result<TransactionMarker> {
+        let fail = |field: &str, message: String| Error::Decode {
+            position: position.clone(),
+            field: Some(format!("{prefix}{field}")),
+            message,
+        };
+        let status = match self.status.as_deref().unwrap_or_default() {
+            "BEGIN" => TransactionStatus::Begin,
+            "END" => TransactionStatus::End,
+            other => return Err(fail("status", format!("unknown transaction status `{other}`"))),
+        };
+        let id = self.id.ok_or_else(|| fail("id", "missing".into()))?.into_owned();
+        #[derive(Deserialize)]
+        struct Collection {
+            data_collection: String,
+            event_count: i64,
+        }
+        let data_collections = match self.data_collections {
+            Some(raw) => serde_json::from_str::<Option<Vec<Collection>>>(raw.get())
+                .map_err(|e| fail("data_collections", e.to_string()))?
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| (c.data_collection, c.event_count))
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(TransactionMarker {
+            position,
+            status,
+            id,
+            event_count: self.event_count,
+            data_collections,
+            ts_ms: self.ts_ms,
+        })
+    }
+}
+
+/// Field names of a schemaless key object, in order.
+struct KeyNames(Vec<String>);
+
+impl<'de> Deserialize<'de> for KeyNames {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = KeyNames;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<KeyNames, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+                    map.next_value::<IgnoredAny>()?;
+                    names.push(name.into_owned());
+                }
+                Ok(KeyNames(names))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Decodes a row image into values aligned with `schema`. Columns the schema
+/// lacks are an error with a Connect schema; schemaless, they are decoded by
+/// their JSON shape and returned by name so the caller can grow the schema.
+/// Errors carry the failing column as a path suffix (`.price`).
+fn decode_row(
+    json: &str,
+    schema: &TableSchema,
+    schemaless: bool,
+) -> std::result::Result<(Vec<Value>, Vec<String>), (String, String)> {
+    let failed_field = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_str(json);
+    let seed = RowSeed { schema, schemaless, failed_field: &failed_field };
+    let result = seed.deserialize(&mut de).and_then(|row| de.end().map(|()| row));
+    result.map_err(|e| {
+        let field = failed_field.borrow().as_ref().map(|f| format!(".{f}")).unwrap_or_default();
+        (field, e.to_string())
+    })
+}
+
+struct RowSeed<'s> {
+    schema: &'s TableSchema,
+    schemaless: bool,
+    failed_field: &'s RefCell<Option<String>>,
+}
+
+impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
+    type Value = (Vec<Value>, Vec<String>);
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowSeed<'_> {
+    type Value = (Vec<Value>, Vec<String>);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a row object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+        let fields = self.schema.fields();
+        let mut row = vec![Value::Null; fields.len()];
+        let mut extra_names = Vec::new();
+        let mut extra_values = Vec::new();
+        let mut next = 0;
+        while let Some(key) = map.next_key_seed(FieldSeed { schema: self.schema, hint: next })? {
+            let (index, data_type, name) = match key {
+                FieldKey::Known(i) => (Some(i), &fields[i].data_type, None),
+                FieldKey::Unknown(name) if self.schemaless => (None, &DataType::Dynamic, Some(name)),
+                FieldKey::Unknown(name) => {
+                    *self.failed_field.borrow_mut() = Some(name);
+                    return Err(de::Error::custom("column is not in the record's schema"));
+                }
+            };
+            let value = map.next_value_seed(ValueSeed(data_type)).inspect_err(|_| {
+                *self.failed_field.borrow_mut() =
+                    Some(name.clone().unwrap_or_else(|| fields[index.unwrap_or_default()].name.clone()));
+            })?;
+            match index {
+                Some(i) => {
+                    row[i] = value;
+                    next = i + 1;
+                }
+                None => {
+                    extra_names.extend(name);
+                    extra_values.push(value);
+                }
+            }
+        }
+        row.extend(extra_values);
+        Ok((row, extra_names))
+    }
+}
+
+enum FieldKey {
+    Known(usize),
+    Unknown(String),
+}
+
+/// Resolves a column name to its index without allocating: Debezium writes
+/// columns in schema order, so the next index is tried first.
+struct FieldSeed<'s> {
+    schema: &'s TableSchema,
+    hint: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
+    type Value = FieldKey;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<FieldKey, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldSeed<'_> {
+    type Value = FieldKey;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a column name")
+    }
+    fn visit_str<E: de::Error>(self, name: &str) -> std::result::Result<FieldKey, E> {
+        let fields = self.schema.fields();
+        if fields.get(self.hint).is_some_and(|f| f.name == name) {
+            return Ok(FieldKey::Known(self.hint));
+        }
+        Ok(match self.schema.index_of(name) {
+            Some(i) => FieldKey::Known(i),
+            None => FieldKey::Unknown(name.to_owned()),
+        })
+    }
+}
+
+/// Decodes a JSON value (a schema default, for instance) as `data_type`.
+pub(crate) fn value_from_json(json: &serde_json::Value, data_type: &DataType) -> Result<Value, String> {
+    ValueSeed(data_type).deserialize(json).map_err(|e| e.to_string())
+}
+
+/// Decodes one JSON value as the given column type.
+#[derive(Clone, Copy)]
+struct ValueSeed<'t>(&'t DataType);
+
+impl<'de> DeserializeSeed<'de> for ValueSeed<'_> {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+fn out_of_range<E: de::Error>(value: impl fmt::Display, data_type: &DataType) -> E {
+    E::custom(format!("value {value} does not fit {data_type:?}"))
+}
+
+impl ValueSeed<'_> {
+    fn int<E: de::Error>(self, v: i64) -> std::result::Result<Value, E> {
+        let (min, max) = match self.0 {
+            DataType::Int8 => (i8::MIN as i64, i8::MAX as i64),
+            DataType::Int16 => (i16::MIN as i64, i16::MAX as i64),
+            DataType::Int32 | DataType::Year => (i32::MIN as i64, i32::MAX as i64),
+            _ => (i64::MIN, i64::MAX),
+        };
+        if v < min || v > max {
+            return Err(out_of_range(v, self.0));
+        }
+        Ok(Value::Int(v))
+    }
+
+    fn bytes<E: de::Error>(self, text: &str) -> std::result::Result<Vec<u8>, E> {
+        BASE64.decode(text).map_err(|e| E::custom(format!("invalid base64: {e}")))
+    }
+
+    fn timestamp<E: de::Error>(self, v: i64, unit: crate::schema::TimeUnit) -> std::result::Result<i64, E> {
+        let micros = unit.to_micros(v).ok_or_else(|| out_of_range(v, self.0))?;
+        Ok(match micros {
+            PG_INFINITY_MILLIS => TIMESTAMP_INFINITY,
+            PG_NEG_INFINITY_MILLIS => TIMESTAMP_NEG_INFINITY,
+            m => m,
+        })
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a JSON encoding of {:?}", self.0)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> std::result::Result<Value, E> {
+        match self.0 {
+            DataType::Boolean | DataType::Dynamic => Ok(Value::Bool(v)),
+            _ => Err(E::invalid_type(de::Unexpected::Bool(v), &self)),
+        }
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<Value, E> {
+        match i64::try_from(v) {
+            Ok(v) => self.visit_i64(v),
+            Err(_) if matches!(self.0, DataType::Float32 | DataType::Float64 | DataType::Dynamic) => {
+                Ok(Value::Float(v as f64))
+            }
+            Err(_) => Err(out_of_range(v, self.0)),
+        }
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<Value, E> {
+        use DataType::*;
+        match self.0 {
+            Int8 | Int16 | Int32 | Int64 | Year | Dynamic => self.int(v),
+            Float32 | Float64 => Ok(Value::Float(v as f64)),
+            Date => i32::try_from(v).map(Value::Date).map_err(|_| out_of_range(v, self.0)),
+            Time(unit) => unit.to_micros(v).map(Value::Time).ok_or_else(|| out_of_range(v, self.0)),
+            Timestamp(unit) => self.timestamp(v, *unit).map(Value::Timestamp),
+            Duration => Ok(Value::Duration(v)),
+            _ => Err(E::invalid_type(de::Unexpected::Signed(v), &self)),
+        }
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<Value, E> {
+        match self.0 {
+            DataType::Float32 | DataType::Float64 | DataType::Dynamic => Ok(Value::Float(v)),
+            _ => Err(E::invalid_type(de::Unexpected::Float(v), &self)),
+        }
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Value, E> {
+        use DataType::*;
+        if v == UNAVAILABLE_PLACEHOLDER
+            || (v == UNAVAILABLE_PLACEHOLDER_BASE64 && matches!(self.0, Bytes | Bits { .. }))
+        {
+            return Ok(Value::Unavailable);
+        }
+        match self.0 {
+            String | Json | Uuid | Xml | Enum { .. } | EnumSet { .. } | ZonedTime | Struct | Dynamic => {
+                Ok(Value::String(v.into()))
+            }
+            Bytes | Bits { .. } => self.bytes(v).map(Value::Bytes),
+            Float32 | Float64 => match v {
+                "NaN" => Ok(Value::Float(f64::NAN)),
+                "Infinity" => Ok(Value::Float(f64::INFINITY)),
+                "-Infinity" => Ok(Value::Float(f64::NEG_INFINITY)),
+                _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+            },
+            Decimal { scale, .. } => Ok(decimal_from_bytes(&self.bytes(v)?, *scale)),
+            TimestampTz => match v {
+                "infinity" => Ok(Value::TimestampTz(TIMESTAMP_INFINITY)),
+                "-infinity" => Ok(Value::TimestampTz(TIMESTAMP_NEG_INFINITY)),
+                _ => chrono::DateTime::parse_from_rfc3339(v)
+                    .map(|t| Value::TimestampTz(t.timestamp_micros()))
+                    .map_err(|e| E::custom(format!("invalid ZonedTimestamp `{v}`: {e}"))),
+            },
+            Interval => crate::value::Interval::parse_iso8601(v)
+                .map(Value::Interval)
+                .ok_or_else(|| E::invalid_value(de::Unexpected::Str(v), &self)),
+            _ => Err(E::invalid_type(de::Unexpected::Str(v), &self)),
+        }
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Value, A::Error> {
+        let element = match self.0 {
+            DataType::Array(element) => element.as_ref(),
+            DataType::Dynamic => &DataType::Dynamic,
+            DataType::Struct => return json_text(JsonSeq(seq)),
+            _ => return Err(de::Error::invalid_type(de::Unexpected::Seq, &self)),
+        };
+        let mut values = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(value) = seq.next_element_seed(ValueSeed(element))? {
+            values.push(value);
+        }
+        // An unchanged TOASTed array arrives as [placeholder].
+        if values.iter().any(Value::is_unavailable) {
+            return Ok(Value::Unavailable);
+        }
+        Ok(Value::List(values))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Value, A::Error> {
+        match self.0 {
+            DataType::VariableDecimal => {
+                let mut scale = None;
+                let mut bytes = None;
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "scale" => scale = Some(map.next_value::<i32>()?),
+                        "value" => bytes = Some(self.bytes(&map.next_value::<Cow<'de, str>>()?)?),
+                        _ => drop(map.next_value::<IgnoredAny>()?),
+                    }
+                }
+                match (scale, bytes) {
+                    (Some(scale), Some(bytes)) => Ok(decimal_from_bytes(&bytes, scale)),
+                    _ => Err(de::Error::custom("VariableScaleDecimal needs `scale` and `value`")),
+                }
+            }
+            DataType::Geometry => {
+                let mut wkb = None;
+                let mut srid = None;
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "wkb" => {
+                            wkb = map.next_value::<Option<Cow<'de, str>>>()?.map(|t| self.bytes(&t)).transpose()?
+                        }
+                        "srid" => srid = map.next_value::<Option<i32>>()?,
+                        _ => drop(map.next_value::<IgnoredAny>()?),
+                    }
+                }
+                let wkb = wkb.ok_or_else(|| de::Error::custom("geometry without `wkb`"))?;
+                Ok(Value::Geometry { wkb, srid })
+            }
+            DataType::Struct | DataType::Dynamic => json_text(JsonMap(map)),
+            _ => Err(de::Error::invalid_type(de::Unexpected::Map, &self)),
+        }
+    }
+}
+
+/// Nested structures without a column type are kept as their JSON text.
+fn json_text<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Value, D::Error> {
+    let json = serde_json::Value::deserialize(d)?;
+    Ok(Value::String(json.to_string().into()))
+}
+
+struct JsonSeq<A>(A);
+struct JsonMap<A>(A);
+
+impl<'de, A: SeqAccess<'de>> Deserializer<'de> for JsonSeq<A> {
+    type Error = A::Error;
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> std::result::Result<V::Value, A::Error> {
+        visitor.visit_seq(self.0)
+    }
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+        unit_struct newtype_struct seq tuple tuple_struct map struct enum identifier ignored_any
+    }
+}
+
+impl<'de, A: MapAccess<'de>> Deserializer<'de> for JsonMap<A> {
+    type Error = A::Error;
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> std::result::Result<V::Value, A::Error> {
+        visitor.visit_map(self.0)
+    }
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+        unit_struct newtype_struct seq tuple tuple_struct map struct enum identifier ignored_any
+    }
+}
+
+/// Big-endian two's-complement unscaled bytes (Connect's Decimal) to a value.
+fn decimal_from_bytes(bytes: &[u8], scale: i32) -> Value {
+    if bytes.len() <= 16 {
+        let negative = bytes.first().is_some_and(|b| b & 0x80 != 0);
+        let mut buf = if negative { [0xff; 16] } else { [0; 16] };
+        buf[16 - bytes.len()..].copy_from_slice(bytes);
+        return Value::Decimal(Decimal { unscaled: i128::from_be_bytes(buf), scale });
+    }
+    let big = num_bigint::BigInt::from_signed_bytes_be(bytes);
+    let digits = big.magnitude().to_string();
+    let mut text = String::new();
+    crate::value::write_decimal(&mut text, big.sign() == num_bigint::Sign::Minus, &digits, scale)
+        .expect("writing to a String");
+    Value::BigDecimal(text.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_bytes_sign_extend() {
+        assert_eq!(decimal_from_bytes(&[0xff], 2), Value::Decimal(Decimal { unscaled: -1, scale: 2 }));
+        assert_eq!(decimal_from_bytes(&[0x00, 0x80], 0), Value::Decimal(Decimal { unscaled: 128, scale: 0 }));
+        assert_eq!(decimal_from_bytes(&[], 0), Value::Decimal(Decimal { unscaled: 0, scale: 0 }));
+        let mut wide = vec![0x01];
+        wide.extend([0u8; 16]);
+        assert_eq!(decimal_from_bytes(&wide, 3), Value::BigDecimal("340282366920938463463374607431768211.456".into()));
+    }
+
+    #[test]
+    fn interval_type_is_iso() {
+        let v = value_from_json(&serde_json::json!("P1Y"), &DataType::Interval).unwrap();
+        assert_eq!(v, Value::Interval(crate::Interval { months: 12, days: 0, micros: 0 }));
+    }
+}

@@ -1,0 +1,300 @@
+//! Table schemas, derived from the Kafka Connect schema Debezium sends with each
+//! record (`schemas.enable=true`), registered by the user, or inferred from the
+//! JSON shape of schemaless records.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::value::Value;
+
+/// The type of a column, named after the Connect logical type it comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataType {
+    Boolean,
+    Int8,
+    Int16,
+    Int32,
+    Int64,
+    Float32,
+    Float64,
+    /// `org.apache.kafka.connect.data.Decimal` (`decimal.handling.mode=precise`).
+    /// `precision` comes from `connect.decimal.precision` or the source column length.
+    Decimal {
+        precision: Option<u32>,
+        scale: i32,
+    },
+    /// `io.debezium.data.VariableScaleDecimal`: unconstrained `numeric`.
+    VariableDecimal,
+    String,
+    Bytes,
+    /// `io.debezium.data.Json` (json and jsonb), as text.
+    Json,
+    /// `io.debezium.data.Uuid`, as text.
+    Uuid,
+    /// `io.debezium.data.Xml`, as text.
+    Xml,
+    /// `io.debezium.data.Enum`, with the allowed values.
+    Enum {
+        allowed: Vec<String>,
+    },
+    /// `io.debezium.data.EnumSet` (comma-separated members).
+    EnumSet {
+        allowed: Vec<String>,
+    },
+    /// `io.debezium.data.Bits`: a bit string of `length` bits, sent as
+    /// little-endian bytes; `varying` for `bit varying`.
+    Bits {
+        length: u32,
+        varying: bool,
+    },
+    /// `io.debezium.time.Date`, Connect `Date`.
+    Date,
+    /// Time of day; the unit is the one on the wire.
+    Time(TimeUnit),
+    /// Timestamp without time zone; the unit is the one on the wire.
+    Timestamp(TimeUnit),
+    /// `io.debezium.time.ZonedTimestamp` (ISO 8601 text, normalised to UTC).
+    TimestampTz,
+    /// `io.debezium.time.ZonedTime` (ISO 8601 text, kept as text).
+    ZonedTime,
+    /// `io.debezium.time.MicroDuration` (`interval.handling.mode=numeric`).
+    Duration,
+    /// `io.debezium.time.Interval` (`interval.handling.mode=string`).
+    Interval,
+    /// `io.debezium.time.Year`.
+    Year,
+    /// `io.debezium.data.geometry.{Geometry,Geography,Point}`: WKB + SRID.
+    Geometry,
+    Array(Box<DataType>),
+    /// Any other struct or map: kept as JSON text.
+    Struct,
+    /// Schemaless record without a known schema: typed by the JSON shape
+    /// (integer, float, boolean, string, list; objects as JSON text).
+    Dynamic,
+}
+
+/// Unit of an integer time value on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeUnit {
+    Millis,
+    Micros,
+    Nanos,
+}
+
+impl TimeUnit {
+    /// Converts a wire value to microseconds, flooring (pre-1970 values stay
+    /// in the right microsecond); `None` on overflow.
+    pub fn to_micros(self, value: i64) -> Option<i64> {
+        match self {
+            TimeUnit::Millis => value.checked_mul(1000),
+            TimeUnit::Micros => Some(value),
+            TimeUnit::Nanos => Some(value.div_euclid(1000)),
+        }
+    }
+}
+
+/// The source column type Debezium adds with `column.propagate.source.type`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceColumn {
+    /// PostgreSQL type name as Debezium reports it (`NUMERIC`, `VARCHAR`, `_INT4`, `MOOD`).
+    pub type_name: String,
+    pub length: Option<i64>,
+    pub scale: Option<i64>,
+}
+
+/// One column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Field {
+    pub name: String,
+    pub data_type: DataType,
+    pub nullable: bool,
+    /// The schema default. JsonConverter writes it in place of a null
+    /// (`replace.null.with.default=true`, its default).
+    pub default: Option<Value>,
+    pub source: Option<SourceColumn>,
+}
+
+/// The columns of one source table, and which of them form the key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableSchema {
+    fields: Vec<Field>,
+    /// Indices into `fields` of the key columns (from the record key's schema).
+    key: Vec<usize>,
+    index: HashMap<String, usize>,
+}
+
+impl TableSchema {
+    pub fn new(fields: Vec<Field>, key_columns: &[&str]) -> crate::Result<TableSchema> {
+        let index: HashMap<String, usize> = fields.iter().enumerate().map(|(i, f)| (f.name.clone(), i)).collect();
+        let key = key_columns
+            .iter()
+            .map(|name| {
+                index.get(*name).copied().ok_or_else(|| crate::Error::Schema {
+                    message: format!("key column `{name}` is not a column of the table"),
+                })
+            })
+            .collect::<crate::Result<Vec<_>>>()?;
+        Ok(TableSchema { fields, key, index })
+    }
+
+    pub fn fields(&self) -> &[Field] {
+        &self.fields
+    }
+
+    /// Indices of the key columns, in key order.
+    pub fn key_indices(&self) -> &[usize] {
+        &self.key
+    }
+
+    pub fn key_names(&self) -> impl Iterator<Item = &str> {
+        self.key.iter().map(|&i| self.fields[i].name.as_str())
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    pub fn field(&self, name: &str) -> Option<&Field> {
+        self.index_of(name).map(|i| &self.fields[i])
+    }
+
+    /// The same columns with another key (used when the key schema arrives
+    /// separately from the value schema).
+    pub fn with_key(&self, key_columns: &[&str]) -> crate::Result<TableSchema> {
+        TableSchema::new(self.fields.clone(), key_columns)
+    }
+}
+
+/// A Kafka Connect schema as JsonConverter writes it.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct ConnectSchema {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub optional: bool,
+    pub name: Option<String>,
+    pub field: Option<String>,
+    #[serde(default)]
+    pub parameters: HashMap<String, String>,
+    #[serde(default)]
+    pub fields: Vec<ConnectSchema>,
+    pub items: Option<Box<ConnectSchema>>,
+    pub default: Option<serde_json::Value>,
+}
+
+impl ConnectSchema {
+    pub fn child(&self, name: &str) -> Option<&ConnectSchema> {
+        self.fields.iter().find(|f| f.field.as_deref() == Some(name))
+    }
+
+    fn param<T: std::str::FromStr>(&self, key: &str) -> Option<T> {
+        self.parameters.get(key).and_then(|v| v.parse().ok())
+    }
+
+    /// The column type this schema stands for.
+    pub fn data_type(&self) -> crate::Result<DataType> {
+        let source_type = self.parameters.get("__debezium.source.column.type").map(String::as_str);
+        let list = |key: &str| -> Vec<String> {
+            self.parameters.get(key).map(|v| v.split(',').map(str::to_owned).collect()).unwrap_or_default()
+        };
+        let logical = match self.name.as_deref() {
+            Some("org.apache.kafka.connect.data.Decimal") => Some(DataType::Decimal {
+                precision: self
+                    .param("connect.decimal.precision")
+                    .or_else(|| self.param("__debezium.source.column.length").filter(|&p: &u32| p > 0)),
+                scale: self.param("scale").ok_or_else(|| crate::Error::Schema {
+                    message: "Decimal schema without a `scale` parameter".into(),
+                })?,
+            }),
+            Some("io.debezium.data.VariableScaleDecimal") => Some(DataType::VariableDecimal),
+            Some("io.debezium.time.Date" | "org.apache.kafka.connect.data.Date") => Some(DataType::Date),
+            Some("io.debezium.time.Time" | "org.apache.kafka.connect.data.Time") => {
+                Some(DataType::Time(TimeUnit::Millis))
+            }
+            Some("io.debezium.time.MicroTime") => Some(DataType::Time(TimeUnit::Micros)),
+            Some("io.debezium.time.NanoTime") => Some(DataType::Time(TimeUnit::Nanos)),
+            Some("io.debezium.time.Timestamp" | "org.apache.kafka.connect.data.Timestamp") => {
+                Some(DataType::Timestamp(TimeUnit::Millis))
+            }
+            Some("io.debezium.time.MicroTimestamp") => Some(DataType::Timestamp(TimeUnit::Micros)),
+            Some("io.debezium.time.NanoTimestamp") => Some(DataType::Timestamp(TimeUnit::Nanos)),
+            Some("io.debezium.time.ZonedTimestamp") => Some(DataType::TimestampTz),
+            Some("io.debezium.time.ZonedTime") => Some(DataType::ZonedTime),
+            Some("io.debezium.time.MicroDuration") => Some(DataType::Duration),
+            Some("io.debezium.time.Interval") => Some(DataType::Interval),
+            Some("io.debezium.time.Year") => Some(DataType::Year),
+            Some("io.debezium.data.Json") => Some(DataType::Json),
+            Some("io.debezium.data.Uuid") => Some(DataType::Uuid),
+            Some("io.debezium.data.Xml") => Some(DataType::Xml),
+            Some("io.debezium.data.Enum") => Some(DataType::Enum { allowed: list("allowed") }),
+            Some("io.debezium.data.EnumSet") => Some(DataType::EnumSet { allowed: list("allowed") }),
+            Some("io.debezium.data.Bits") => Some(DataType::Bits {
+                length: self.param("length").unwrap_or(0),
+                varying: source_type.is_some_and(|t| t.eq_ignore_ascii_case("VARBIT")),
+            }),
+            Some(
+                "io.debezium.data.geometry.Geometry"
+                | "io.debezium.data.geometry.Geography"
+                | "io.debezium.data.geometry.Point",
+            ) => Some(DataType::Geometry),
+            _ => None,
+        };
+        if let Some(logical) = logical {
+            return Ok(logical);
+        }
+        Ok(match self.kind.as_str() {
+            "boolean" => DataType::Boolean,
+            "int8" => DataType::Int8,
+            "int16" => DataType::Int16,
+            "int32" => DataType::Int32,
+            "int64" => DataType::Int64,
+            "float" | "float32" => DataType::Float32,
+            "double" | "float64" => DataType::Float64,
+            "string" => DataType::String,
+            "bytes" => DataType::Bytes,
+            "array" => {
+                let items = self
+                    .items
+                    .as_deref()
+                    .ok_or_else(|| crate::Error::Schema { message: "array schema without `items`".into() })?;
+                DataType::Array(Box::new(items.data_type()?))
+            }
+            "struct" | "map" => DataType::Struct,
+            other => {
+                return Err(crate::Error::Schema { message: format!("unknown Connect schema type `{other}`") });
+            }
+        })
+    }
+
+    /// Columns of a struct schema (a row image's schema).
+    pub fn columns(&self) -> crate::Result<Vec<Field>> {
+        self.fields
+            .iter()
+            .map(|f| {
+                let name = f
+                    .field
+                    .clone()
+                    .ok_or_else(|| crate::Error::Schema { message: "struct field without a `field` name".into() })?;
+                let data_type = f.data_type()?;
+                let default =
+                    match &f.default {
+                        Some(json) => Some(crate::decode::value_from_json(json, &data_type).map_err(|e| {
+                            crate::Error::Schema { message: format!("default of column `{name}`: {e}") }
+                        })?),
+                        None => None,
+                    };
+                let source = f.parameters.get("__debezium.source.column.type").map(|t| SourceColumn {
+                    type_name: t.clone(),
+                    length: f.param("__debezium.source.column.length"),
+                    scale: f.param("__debezium.source.column.scale"),
+                });
+                Ok(Field { name, data_type, nullable: f.optional, default, source })
+            })
+            .collect()
+    }
+}
+
+/// Schemas shared between events: cheap to clone.
+pub type SchemaRef = Arc<TableSchema>;

@@ -1,0 +1,129 @@
+//! The [`Sink`] trait: what a destination guarantees, and the batches it gets.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::error::{Position, Result};
+use crate::event::{ChangeEvent, Record};
+
+/// The last offset applied per (topic, partition).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Offsets(BTreeMap<(Arc<str>, i32), i64>);
+
+impl Offsets {
+    pub fn new() -> Offsets {
+        Offsets::default()
+    }
+
+    pub fn get(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.0.iter().find(|((t, p), _)| &**t == topic && *p == partition).map(|(_, &o)| o)
+    }
+
+    /// Records that `position` is applied (offsets only move forward).
+    pub fn advance(&mut self, position: &Position) {
+        self.set(position.topic.clone(), position.partition, position.offset);
+    }
+
+    /// Sets the offset of a partition if it is beyond the current one.
+    pub fn set(&mut self, topic: Arc<str>, partition: i32, offset: i64) {
+        let entry = self.0.entry((topic, partition)).or_insert(offset);
+        *entry = (*entry).max(offset);
+    }
+
+    /// Whether the record at `position` is already applied.
+    pub fn holds(&self, position: &Position) -> bool {
+        self.get(&position.topic, position.partition).is_some_and(|o| position.offset <= o)
+    }
+
+    /// Takes every partition's offset from `other` where it is further.
+    pub fn merge(&mut self, other: &Offsets) {
+        for ((topic, partition), &offset) in &other.0 {
+            self.set(topic.clone(), *partition, offset);
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, i32, i64)> {
+        self.0.iter().map(|((t, p), &o)| (&**t, *p, o))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Decoded change events to apply together, in the order they were consumed
+/// (so in order within each partition), and the offsets they cover.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub events: Vec<ChangeEvent>,
+    /// Per partition, the last offset this batch covers, including records
+    /// with nothing to apply (tombstones, heartbeats, transaction markers),
+    /// so a sink's stored offsets move past them too.
+    pub offsets: Offsets,
+}
+
+impl Batch {
+    pub fn from_records(records: impl IntoIterator<Item = Record>) -> Batch {
+        let mut batch = Batch::default();
+        for record in records {
+            batch.offsets.advance(record.position());
+            if let Record::Change(event) = record {
+                batch.events.push(event);
+            }
+        }
+        batch
+    }
+
+    /// The events of each source table (`schema.table`), in batch order.
+    pub fn by_table(&self) -> BTreeMap<String, Vec<&ChangeEvent>> {
+        let mut tables: BTreeMap<String, Vec<&ChangeEvent>> = BTreeMap::new();
+        for event in &self.events {
+            tables.entry(event.table().to_string()).or_default().push(event);
+        }
+        tables
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.offsets.is_empty()
+    }
+}
+
+/// A destination for change events.
+///
+/// The contract, which the pipeline relies on for exactly-once delivery:
+///
+/// - **Order.** `apply` gets batches one at a time, never concurrently for one
+///   sink instance, with the events of each partition in offset order. Events
+///   of one row are in one partition (Debezium keys records by primary key).
+///   Across partitions there is no order; a sink orders one row's events by
+///   [`ChangeEvent::order`](crate::ChangeEvent) and never lets an older event
+///   overwrite a newer one.
+/// - **Durability.** When `apply` returns `Ok`, the batch's changes *and* its
+///   [`Batch::offsets`] are durable, atomically: after a crash the sink holds
+///   both or neither (a Delta commit with `txn` actions, one PostgreSQL
+///   transaction). When it returns `Err`, nothing of the batch may be visible
+///   as applied.
+/// - **Resume.** [`durable_offsets`](Sink::durable_offsets) reads back the last
+///   offsets a sink holds; the pipeline resumes each partition right after the
+///   lowest offset any sink holds.
+/// - **Duplicates.** Because sinks resume from different points, a sink will
+///   be given records it already holds: it must skip events at or below its
+///   durable offset for their partition, so applying a batch twice leaves the
+///   same state as applying it once.
+/// - **Bad data.** An event the sink cannot apply fails the batch with an
+///   error naming the event; [`Error::is_retriable`](crate::Error::is_retriable)
+///   tells a transient failure (retry the same batch) from bad data
+///   (dead-letter the event, apply the rest).
+#[async_trait]
+pub trait Sink: Send {
+    /// A short name for logs and errors (`delta`, `pg-target`).
+    fn name(&self) -> &str;
+
+    /// The offsets this sink durably holds, read from its own store.
+    async fn durable_offsets(&mut self) -> Result<Offsets>;
+
+    /// Applies a batch atomically with its offsets; see the trait docs.
+    async fn apply(&mut self, batch: &Batch) -> Result<()>;
+}
