@@ -167,10 +167,23 @@ impl Decoder {
 
         let mut before = None;
         let mut after = None;
+        let schemaless = schema_text.is_none();
         for (name, raw, image) in [("before", envelope.before, &mut before), ("after", envelope.after, &mut after)] {
             let Some(raw) = raw else { continue };
-            let (row, extra) = decode_row(raw.get(), &schema, schema_text.is_none())
-                .map_err(|(field, message)| fail(Some(&format!("{prefix}{name}{field}")), message))?;
+            let (row, extra) = loop {
+                match decode_row(raw.get(), &schema, schemaless) {
+                    Ok(decoded) => break decoded,
+                    // A schemaless record cannot announce that a column was
+                    // widened (int -> bigint): widen the known type and retry.
+                    Err((Some(field), _)) if schemaless && let Some(wider) = self.widen(&table, &schema, &field) => {
+                        schema = wider;
+                    }
+                    Err((field, message)) => {
+                        let path = field.map(|f| format!(".{f}")).unwrap_or_default();
+                        return Err(fail(Some(&format!("{prefix}{name}{path}")), message));
+                    }
+                }
+            };
             if !extra.is_empty() {
                 schema = self.extend_schema(&table, &schema, &extra);
             }
@@ -207,18 +220,24 @@ impl Decoder {
     }
 
     fn key_names(&mut self, key: &[u8]) -> std::result::Result<Arc<[String]>, String> {
-        let top: Envelope<'_> = serde_json::from_slice(key).map_err(|e| format!("not JSON: {e}"))?;
-        if let (Some(schema), true) = (top.schema, top.is_wrapper()) {
-            if let Some(names) = self.key_schemas.get(schema.get()) {
-                return Ok(names.clone());
-            }
-            let parsed: ConnectSchema = serde_json::from_str(schema.get()).map_err(|e| format!("key schema: {e}"))?;
-            let names: Arc<[String]> = parsed.fields.iter().filter_map(|f| f.field.clone()).collect();
-            self.key_schemas.insert(schema.get().into(), names.clone());
-            return Ok(names);
+        let names = serde_json::from_slice::<KeyNames>(key).map_err(|e| format!("not a JSON object: {e}"))?.0;
+        if names != ["schema", "payload"] {
+            return Ok(names.into());
         }
-        let names = serde_json::from_slice::<KeyNames>(key).map_err(|e| format!("not a JSON object: {e}"))?;
-        Ok(names.0.into())
+        #[derive(Deserialize)]
+        struct Wrapper<'a> {
+            #[serde(borrow)]
+            schema: &'a RawValue,
+        }
+        let wrapper: Wrapper<'_> = serde_json::from_slice(key).map_err(|e| format!("not JSON: {e}"))?;
+        if let Some(names) = self.key_schemas.get(wrapper.schema.get()) {
+            return Ok(names.clone());
+        }
+        let parsed: ConnectSchema =
+            serde_json::from_str(wrapper.schema.get()).map_err(|e| format!("key schema: {e}"))?;
+        let names: Arc<[String]> = parsed.fields.iter().filter_map(|f| f.field.clone()).collect();
+        self.key_schemas.insert(wrapper.schema.get().into(), names.clone());
+        Ok(names)
     }
 
     fn schema_from_text(&mut self, text: &str, key: Option<&Arc<[String]>>, table: &str) -> Result<SchemaRef> {
@@ -277,6 +296,22 @@ impl Decoder {
         let schema = Arc::new(TableSchema::new(fields, &key_refs).map_err(|e| fail(Some("key"), e.to_string()))?);
         self.tables.insert(table.to_owned(), schema.clone());
         Ok(schema)
+    }
+
+    /// The schema with column `name` widened to the next wider type, if any.
+    fn widen(&mut self, table: &str, schema: &SchemaRef, name: &str) -> Option<SchemaRef> {
+        let index = schema.index_of(name)?;
+        let wider = match schema.fields()[index].data_type {
+            DataType::Int8 | DataType::Int16 | DataType::Int32 => DataType::Int64,
+            DataType::Float32 => DataType::Float64,
+            _ => return None,
+        };
+        let mut fields = schema.fields().to_vec();
+        fields[index].data_type = wider;
+        let key: Vec<&str> = schema.key_names().collect();
+        let widened = Arc::new(TableSchema::new(fields, &key).expect("same columns"));
+        self.tables.insert(table.to_owned(), widened.clone());
+        Some(widened)
     }
 
     fn extend_schema(&mut self, table: &str, schema: &SchemaRef, extra: &[String]) -> SchemaRef {
@@ -504,20 +539,17 @@ impl<'de> Deserialize<'de> for KeyNames {
 /// Decodes a row image into values aligned with `schema`. Columns the schema
 /// lacks are an error with a Connect schema; schemaless, they are decoded by
 /// their JSON shape and returned by name so the caller can grow the schema.
-/// Errors carry the failing column as a path suffix (`.price`).
+/// Errors carry the failing column's name, when one failed.
 fn decode_row(
     json: &str,
     schema: &TableSchema,
     schemaless: bool,
-) -> std::result::Result<(Vec<Value>, Vec<String>), (String, String)> {
+) -> std::result::Result<(Vec<Value>, Vec<String>), (Option<String>, String)> {
     let failed_field = RefCell::new(None);
     let mut de = serde_json::Deserializer::from_str(json);
     let seed = RowSeed { schema, schemaless, failed_field: &failed_field };
     let result = seed.deserialize(&mut de).and_then(|row| de.end().map(|()| row));
-    result.map_err(|e| {
-        let field = failed_field.borrow().as_ref().map(|f| format!(".{f}")).unwrap_or_default();
-        (field, e.to_string())
-    })
+    result.map_err(|e| (failed_field.take(), e.to_string()))
 }
 
 struct RowSeed<'s> {
