@@ -540,17 +540,20 @@ impl<'de> Deserialize<'de> for KeyNames {
 /// lacks are an error with a Connect schema; schemaless, they are decoded by
 /// their JSON shape and returned by name so the caller can grow the schema.
 /// Errors carry the failing column's name, when one failed.
-fn decode_row(
-    json: &str,
-    schema: &TableSchema,
-    schemaless: bool,
-) -> std::result::Result<(Vec<Value>, Vec<String>), (Option<String>, String)> {
+/// A failed row: the column that failed (if one did) and why.
+type RowError = (Option<String>, String);
+
+fn decode_row(json: &str, schema: &TableSchema, schemaless: bool) -> std::result::Result<DecodedRow, RowError> {
     let failed_field = RefCell::new(None);
     let mut de = serde_json::Deserializer::from_str(json);
     let seed = RowSeed { schema, schemaless, failed_field: &failed_field };
     let result = seed.deserialize(&mut de).and_then(|row| de.end().map(|()| row));
     result.map_err(|e| (failed_field.take(), e.to_string()))
 }
+
+/// A row's values, aligned with the schema, then values of the columns the
+/// schema lacks (schemaless only), named in `extra`.
+type DecodedRow = (Vec<Value>, Vec<String>);
 
 struct RowSeed<'s> {
     schema: &'s TableSchema,
@@ -559,14 +562,14 @@ struct RowSeed<'s> {
 }
 
 impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
-    type Value = (Vec<Value>, Vec<String>);
+    type Value = DecodedRow;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
 }
 
 impl<'de> Visitor<'de> for RowSeed<'_> {
-    type Value = (Vec<Value>, Vec<String>);
+    type Value = DecodedRow;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a row object")

@@ -10,6 +10,9 @@ use crate::schema::SchemaRef;
 use crate::value::Value;
 
 /// One decoded Kafka record.
+// Nearly every record is a change: boxing it would add an allocation to the
+// common case to shrink the rare ones.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Record {
     Change(ChangeEvent),

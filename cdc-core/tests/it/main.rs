@@ -9,3 +9,4 @@ mod fixtures;
 mod ordering;
 mod postgres;
 mod quirks;
+mod sink;
