@@ -19,9 +19,11 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde_json::value::RawValue;
 
 use crate::error::{Error, Position, Result};
-use crate::event::{ChangeEvent, Op, OrderKey, Record, Source, TransactionBlock, TransactionMarker, TransactionStatus};
+use crate::event::{
+    ChangeEvent, Op, OrderKey, RawJson, Record, Source, TransactionBlock, TransactionMarker, TransactionStatus,
+};
 use crate::schema::{ConnectSchema, DataType, Field, SchemaRef, TableSchema};
-use crate::value::{Decimal, TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY, Value};
+use crate::value::{DATE_INFINITY, Decimal, TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY, Value};
 
 /// What Debezium writes for an unchanged TOASTed column it could not read
 /// (`unavailable.value.placeholder`, its default).
@@ -33,6 +35,10 @@ const UNAVAILABLE_PLACEHOLDER_BASE64: &str = "X19kZWJleml1bV91bmF2YWlsYWJsZV92YW
 /// `infinity` / `-infinity`; Debezium passes them on scaled to the wire unit.
 const PG_INFINITY_MILLIS: i64 = 9_223_372_036_825_200_000;
 const PG_NEG_INFINITY_MILLIS: i64 = -9_223_372_036_832_400_000;
+/// What Debezium 3.6 sends for date `infinity`: the JDBC driver's infinity
+/// as epoch days, wrapped to 32 bits. No real date is that far back
+/// (PostgreSQL dates start in 4713 BC), so it is read as infinity.
+const DEBEZIUM_DATE_INFINITY: i64 = -622_191_234;
 
 /// One Kafka record as the decoder sees it.
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +66,8 @@ impl RawRecord<'_> {
 /// stay base64 text, timestamps stay integers).
 #[derive(Default)]
 pub struct Decoder {
+    /// Keep each change event's JSON text ([`ChangeEvent::raw`]).
+    keep_raw_json: bool,
     /// Value schema text -> the row schema it describes (without key).
     value_schemas: HashMap<Box<str>, CachedValueSchema>,
     /// Key schema text -> key column names.
@@ -78,6 +86,15 @@ struct CachedValueSchema {
 impl Decoder {
     pub fn new() -> Decoder {
         Decoder::default()
+    }
+
+    /// Keeps the JSON text of each change event's key, `before`, `after` and
+    /// `source` in [`ChangeEvent::raw`], for sinks that store raw events
+    /// (PostgreSQL `cdc_raw.cdc_events`, the Delta `cdc_events` table). Off
+    /// by default: it copies those bytes.
+    pub fn keep_raw_json(mut self, keep: bool) -> Decoder {
+        self.keep_raw_json = keep;
+        self
     }
 
     /// Gives the column types of `schema.table` for schemaless records.
@@ -154,9 +171,12 @@ impl Decoder {
         };
         let table = format!("{}.{}", source.schema, source.table);
 
-        let key_names = match record.key {
-            Some(key) if op != Op::Truncate => Some(self.key_names(key).map_err(|m| fail(Some("key"), m))?),
-            _ => None,
+        let (key_names, key_json) = match record.key {
+            Some(key) if op != Op::Truncate => {
+                let (names, json) = self.key_names(key).map_err(|m| fail(Some("key"), m))?;
+                (Some(names), Some(json))
+            }
+            _ => (None, None),
         };
         let mut schema = match schema_text {
             Some(text) => self
@@ -203,6 +223,14 @@ impl Decoder {
         } else {
             after.as_ref().or(before.as_ref()).map(|row| schema.key_indices().iter().map(|&i| row[i].clone()).collect())
         };
+        let raw = self.keep_raw_json.then(|| {
+            Arc::new(RawJson {
+                key: key_json.map(Into::into),
+                before: envelope.before.map(|r| r.get().into()),
+                after: envelope.after.map(|r| r.get().into()),
+                source: envelope.source.map(|r| r.get()).unwrap_or("null").into(),
+            })
+        });
         let order =
             order_key(&source, record.offset).map_err(|m| fail(Some(&format!("{prefix}source.sequence")), m))?;
         Ok(Record::Change(ChangeEvent {
@@ -216,28 +244,34 @@ impl Decoder {
             ts_ms: envelope.ts_ms,
             transaction,
             order,
+            raw,
         }))
     }
 
-    fn key_names(&mut self, key: &[u8]) -> std::result::Result<Arc<[String]>, String> {
-        let names = serde_json::from_slice::<KeyNames>(key).map_err(|e| format!("not a JSON object: {e}"))?.0;
+    /// The key's column names and the JSON text of its payload.
+    fn key_names<'k>(&mut self, key: &'k [u8]) -> std::result::Result<(Arc<[String]>, &'k str), String> {
+        let text = std::str::from_utf8(key).map_err(|e| format!("not UTF-8: {e}"))?;
+        let names = serde_json::from_str::<KeyNames>(text).map_err(|e| format!("not a JSON object: {e}"))?.0;
         if names != ["schema", "payload"] {
-            return Ok(names.into());
+            return Ok((names.into(), text));
         }
         #[derive(Deserialize)]
         struct Wrapper<'a> {
             #[serde(borrow)]
             schema: &'a RawValue,
+            #[serde(borrow)]
+            payload: &'a RawValue,
         }
-        let wrapper: Wrapper<'_> = serde_json::from_slice(key).map_err(|e| format!("not JSON: {e}"))?;
+        let wrapper: Wrapper<'_> = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        let payload = wrapper.payload.get();
         if let Some(names) = self.key_schemas.get(wrapper.schema.get()) {
-            return Ok(names.clone());
+            return Ok((names.clone(), payload));
         }
         let parsed: ConnectSchema =
             serde_json::from_str(wrapper.schema.get()).map_err(|e| format!("key schema: {e}"))?;
         let names: Arc<[String]> = parsed.fields.iter().filter_map(|f| f.field.clone()).collect();
         self.key_schemas.insert(wrapper.schema.get().into(), names.clone());
-        Ok(names)
+        Ok((names, payload))
     }
 
     fn schema_from_text(&mut self, text: &str, key: Option<&Arc<[String]>>, table: &str) -> Result<SchemaRef> {
@@ -731,6 +765,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
         match self.0 {
             Int8 | Int16 | Int32 | Int64 | Year | Dynamic => self.int(v),
             Float32 | Float64 => Ok(Value::Float(v as f64)),
+            Date if v == DEBEZIUM_DATE_INFINITY => Ok(Value::Date(DATE_INFINITY)),
             Date => i32::try_from(v).map(Value::Date).map_err(|_| out_of_range(v, self.0)),
             Time(unit) => unit.to_micros(v).map(Value::Time).ok_or_else(|| out_of_range(v, self.0)),
             Timestamp(unit) => self.timestamp(v, *unit).map(Value::Timestamp),

@@ -2,6 +2,7 @@
 //! markers and heartbeats.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -94,6 +95,18 @@ pub struct ChangeEvent {
     pub ts_ms: Option<i64>,
     pub transaction: Option<TransactionBlock>,
     pub order: OrderKey,
+    /// The JSON text of the record's key payload, `before`, `after` and
+    /// `source`, as Debezium sent them (see [`Decoder::keep_raw_json`](crate::Decoder::keep_raw_json)).
+    pub raw: Option<Arc<RawJson>>,
+}
+
+/// The JSON text of a change event's parts, for sinks that store raw events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawJson {
+    pub key: Option<Box<str>>,
+    pub before: Option<Box<str>>,
+    pub after: Option<Box<str>>,
+    pub source: Box<str>,
 }
 
 impl ChangeEvent {

@@ -18,9 +18,10 @@
 //!
 //! | feature | what it adds |
 //! |---|---|
-//! | `test-utils` | [`MemorySink`](memory::MemorySink), an in-memory sink for tests |
+//! | `test-utils` | [`MemorySink`](memory::MemorySink), an in-memory sink, and [`testing`] fixture helpers |
 
 pub mod arrow;
+mod collapse;
 mod decode;
 mod error;
 mod event;
@@ -28,13 +29,19 @@ mod event;
 pub mod memory;
 mod schema;
 mod sink;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 mod value;
 
+pub use collapse::{RowChange, TableChange, collapse, key_bytes};
 pub use decode::{Decoder, RawRecord, UNAVAILABLE_PLACEHOLDER};
 pub use error::{Error, Position, Result};
 pub use event::{
-    ChangeEvent, Op, OrderKey, Record, Row, Source, TableId, TransactionBlock, TransactionMarker, TransactionStatus,
+    ChangeEvent, Op, OrderKey, RawJson, Record, Row, Source, TableId, TransactionBlock, TransactionMarker,
+    TransactionStatus,
 };
 pub use schema::{DataType, Field, SchemaRef, SourceColumn, TableSchema, TimeUnit};
 pub use sink::{Batch, Offsets, Sink};
-pub use value::{Decimal, Interval, TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY, Value};
+pub use value::{
+    DATE_INFINITY, DATE_NEG_INFINITY, Decimal, Interval, TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY, Value,
+};

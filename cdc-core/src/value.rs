@@ -7,6 +7,11 @@ use std::fmt;
 pub const TIMESTAMP_INFINITY: i64 = i64::MAX;
 /// See [`TIMESTAMP_INFINITY`].
 pub const TIMESTAMP_NEG_INFINITY: i64 = i64::MIN;
+/// Days that stand for PostgreSQL date `infinity` / `-infinity` (PostgreSQL's
+/// own `DATEVAL_NOEND` / `DATEVAL_NOBEGIN`).
+pub const DATE_INFINITY: i32 = i32::MAX;
+/// See [`DATE_INFINITY`].
+pub const DATE_NEG_INFINITY: i32 = i32::MIN;
 
 /// One column value of a row image.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,7 +36,7 @@ pub enum Value {
     /// ZonedTime, bit strings, ...); the [`DataType`](crate::DataType) says which.
     String(Box<str>),
     Bytes(Vec<u8>),
-    /// Days since 1970-01-01.
+    /// Days since 1970-01-01; [`DATE_INFINITY`] and [`DATE_NEG_INFINITY`] for the infinities.
     Date(i32),
     /// Microseconds since midnight (24:00:00 is 86_400_000_000).
     Time(i64),

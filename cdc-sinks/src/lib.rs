@@ -1,2 +1,21 @@
-//! Sinks that apply Debezium change events: Delta Lake (`delta` feature) and
-//! PostgreSQL (`postgres` feature). Each implements [`cdc_core::Sink`].
+//! Sinks that apply Debezium change events, each an implementation of
+//! [`cdc_core::Sink`].
+//!
+//! | feature | sinks |
+//! |---|---|
+//! | `postgres` | [`PgTargetSink`] (mirror of the source tables), [`PgDatalakeSink`] (raw events + processed state) |
+//! | `delta` | Delta Lake current-state tables and the `cdc_events` history table |
+
+#[cfg(feature = "postgres")]
+mod pg_common;
+#[cfg(feature = "postgres")]
+mod pg_datalake;
+#[cfg(feature = "postgres")]
+mod pg_target;
+
+#[cfg(feature = "postgres")]
+pub use pg_common::{PgConnectionConfig, PgUrl, pg_type, quote_ident};
+#[cfg(feature = "postgres")]
+pub use pg_datalake::{DATALAKE_DDL, PgDatalakeSink};
+#[cfg(feature = "postgres")]
+pub use pg_target::PgTargetSink;

@@ -54,13 +54,9 @@ async fn connect(url: &str) -> Client {
     client
 }
 
-/// Replays init-scripts/source-init.sql, the types table and the workload.
+/// Replays the SQL that produced the fixtures.
 async fn replay_capture_sql(client: &Client) {
-    let root = repo_root();
-    for file in ["init-scripts/source-init.sql", "tests/capture/types-init.sql", "tests/capture/workload.sql"] {
-        let sql = std::fs::read_to_string(root.join(file)).unwrap();
-        // The two concurrent sessions touch different rows: run them one after the other.
-        let sql = sql.replace("SELECT pg_sleep(2);", "");
+    for (file, sql) in cdc_core::testing::capture_sql() {
         client.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{file}: {e}"));
     }
     client.batch_execute("SET TimeZone = 'UTC'; SET IntervalStyle = 'iso_8601'; SET DateStyle = 'ISO'").await.unwrap();
@@ -228,6 +224,7 @@ fn matches_pg(data_type: &DataType, value: &Value, pg: Option<&str>) -> bool {
         }
         (_, Value::String(s)) => &**s == pg || normalise_special(s) == pg,
         (_, Value::Bytes(b)) => pg.strip_prefix("\\x").is_some_and(|hex| hex == hex_string(b)),
+        (_, Value::Date(cdc_core::DATE_INFINITY)) => pg == "infinity",
         (_, Value::Date(d)) => {
             (NaiveDate::from_ymd_opt(1970, 1, 1).unwrap() + chrono::Duration::days(i64::from(*d)))
                 .format("%Y-%m-%d")

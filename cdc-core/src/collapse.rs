@@ -1,0 +1,130 @@
+//! Collapsing a batch to one change per row, so that set-based writers (SQL
+//! `INSERT ... ON CONFLICT`, Delta MERGE) never see a key twice.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::event::{ChangeEvent, Op, Row};
+use crate::value::Value;
+
+/// What a sink applies for one table, in order.
+#[derive(Debug)]
+pub enum TableChange<'a> {
+    /// At most one change per key: the newest by [`OrderKey`](crate::OrderKey).
+    Rows(Vec<RowChange<'a>>),
+    /// Empty the table (everything before it in the batch is already applied).
+    Truncate(&'a ChangeEvent),
+}
+
+/// The newest change of one row in a batch.
+#[derive(Debug, Clone)]
+pub struct RowChange<'a> {
+    /// The newest event (its op, order key, position and metadata).
+    pub event: &'a ChangeEvent,
+    /// Its after-image with unchanged-TOAST columns filled from older events
+    /// of the same row in the batch where they had the value; `None` for a
+    /// delete. Columns no event of the batch had stay [`Value::Unavailable`].
+    pub after: Option<Cow<'a, Row>>,
+}
+
+impl RowChange<'_> {
+    pub fn is_delete(&self) -> bool {
+        self.event.op == Op::Delete
+    }
+
+    /// The row's key values.
+    pub fn key(&self) -> &[Value] {
+        self.event.key.as_deref().unwrap_or_default()
+    }
+}
+
+/// Collapses one table's events (in batch order) into runs of row changes
+/// separated by truncates. Events without a key (tables without a primary
+/// key) cannot be collapsed and are returned each on its own.
+pub fn collapse<'a>(events: &[&'a ChangeEvent]) -> Vec<TableChange<'a>> {
+    let mut out = Vec::new();
+    let mut rows: Vec<RowChange<'a>> = Vec::new();
+    let mut by_key: HashMap<Vec<u8>, usize> = HashMap::new();
+    for &event in events {
+        if event.op == Op::Truncate {
+            if !rows.is_empty() {
+                out.push(TableChange::Rows(std::mem::take(&mut rows)));
+            }
+            by_key.clear();
+            out.push(TableChange::Truncate(event));
+            continue;
+        }
+        let change = RowChange {
+            event,
+            after: if event.op == Op::Delete { None } else { event.after.as_ref().map(Cow::Borrowed) },
+        };
+        let Some(key) = event.key.as_deref() else {
+            rows.push(change);
+            continue;
+        };
+        match by_key.get(&key_bytes(key)) {
+            None => {
+                by_key.insert(key_bytes(key), rows.len());
+                rows.push(change);
+            }
+            Some(&i) => {
+                let existing = std::mem::replace(&mut rows[i], change.clone());
+                let (older, newer) =
+                    if existing.event.order < change.event.order { (existing, change) } else { (change, existing) };
+                rows[i] = fill_unavailable(newer, &older);
+            }
+        }
+    }
+    if !rows.is_empty() {
+        out.push(TableChange::Rows(rows));
+    }
+    out
+}
+
+/// Fills the newer change's unavailable columns from the older change.
+fn fill_unavailable<'a>(mut newer: RowChange<'a>, older: &RowChange<'a>) -> RowChange<'a> {
+    let (Some(after), Some(older_after)) = (newer.after.as_mut(), older.after.as_ref()) else {
+        return newer;
+    };
+    if !after.iter().any(Value::is_unavailable) {
+        return newer;
+    }
+    let same_schema = Arc::ptr_eq(&newer.event.schema, &older.event.schema);
+    let row = after.to_mut();
+    for (i, value) in row.iter_mut().enumerate() {
+        if !value.is_unavailable() {
+            continue;
+        }
+        let j = if same_schema { Some(i) } else { older.event.schema.index_of(&newer.event.schema.fields()[i].name) };
+        if let Some(previous) = j.and_then(|j| older_after.get(j)) {
+            *value = previous.clone();
+        }
+    }
+    newer
+}
+
+/// A hashable encoding of key values (floats are not `Hash`).
+pub fn key_bytes(key: &[Value]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 * key.len());
+    for value in key {
+        match value {
+            Value::Int(i) => {
+                out.push(1);
+                out.extend_from_slice(&i.to_be_bytes());
+            }
+            Value::String(s) => {
+                out.push(2);
+                out.extend_from_slice(&(s.len() as u64).to_be_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+            other => {
+                let text = format!("{other:?}");
+                out.push(3);
+                out.extend_from_slice(&(text.len() as u64).to_be_bytes());
+                out.extend_from_slice(text.as_bytes());
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,910 @@
+//! What the PostgreSQL sinks share: connections with retry, identifier
+//! quoting, the type mapping, binary COPY staging, current-state tables and
+//! the offsets table.
+
+use std::collections::{BTreeMap, HashMap};
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use cdc_core::arrow::bit_string;
+use cdc_core::{Batch, ChangeEvent, DataType, Error, Field, Offsets, Result, TableChange, Value};
+use futures::pin_mut;
+use serde::Deserialize;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::{Client, NoTls, Transaction};
+
+/// A connection string that never shows its password (`Debug`, `Display`).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct PgUrl(String);
+
+impl PgUrl {
+    pub fn new(url: impl Into<String>) -> PgUrl {
+        PgUrl(url.into())
+    }
+
+    /// The real connection string; only for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PgUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // postgres://user:secret@host/db -> postgres://user:***@host/db
+        match (self.0.find("://"), self.0.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let userinfo = &self.0[scheme + 3..at];
+                let user = userinfo.split(':').next().unwrap_or_default();
+                let hidden = if userinfo.contains(':') { ":***" } else { "" };
+                write!(f, "{}{user}{hidden}{}", &self.0[..scheme + 3], &self.0[at..])
+            }
+            _ if self.0.contains("password") => f.write_str("<connection string with password>"),
+            _ => f.write_str(&self.0),
+        }
+    }
+}
+
+impl fmt::Debug for PgUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PgUrl({self})")
+    }
+}
+
+/// Connection and retry settings shared by the PostgreSQL sinks.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PgConnectionConfig {
+    /// `postgres://user:password@host:port/db` (the password is never logged).
+    pub url: PgUrl,
+    /// Names this consumer's rows in the offsets table, so several pipelines
+    /// can share one database.
+    #[serde(default = "default_consumer")]
+    pub consumer: String,
+    /// Attempts for a batch that fails with a retriable error (connection
+    /// lost, server restart, serialization failure) before giving up.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// First backoff between attempts; doubles up to 30 s.
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: u64,
+}
+
+fn default_consumer() -> String {
+    "cdc-lakehouse".into()
+}
+fn default_attempts() -> u32 {
+    8
+}
+fn default_backoff_ms() -> u64 {
+    200
+}
+
+impl PgConnectionConfig {
+    pub fn new(url: impl Into<String>) -> PgConnectionConfig {
+        PgConnectionConfig {
+            url: PgUrl::new(url),
+            consumer: default_consumer(),
+            max_attempts: default_attempts(),
+            backoff_ms: default_backoff_ms(),
+        }
+    }
+}
+
+/// A lazily (re)connected client.
+pub(crate) struct Connection {
+    config: PgConnectionConfig,
+    sink: &'static str,
+    client: Option<Client>,
+}
+
+impl Connection {
+    pub fn new(config: PgConnectionConfig, sink: &'static str) -> Connection {
+        Connection { config, sink, client: None }
+    }
+
+    pub fn config(&self) -> &PgConnectionConfig {
+        &self.config
+    }
+
+    pub async fn client(&mut self) -> Result<&mut Client> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            let mut pg_config: tokio_postgres::Config =
+                self.config.url.expose().parse().map_err(|e| sink_error(self.sink, &e))?;
+            pg_config.application_name(self.sink);
+            let (client, connection) = pg_config.connect(NoTls).await.map_err(|e| sink_error(self.sink, &e))?;
+            let sink = self.sink;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(sink, error = %e, "PostgreSQL connection ended");
+                }
+            });
+            tracing::debug!(sink, url = %self.config.url, "connected");
+            self.client = Some(client);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// Forgets the client so the next call reconnects.
+    pub fn reset(&mut self) {
+        self.client = None;
+    }
+
+    /// After failed attempt number `attempt` (1-based) with `error`: how long
+    /// to wait before trying again, or `None` to give up. Resets the
+    /// connection when trying again.
+    pub fn retry_after(&mut self, attempt: u32, error: &Error) -> Option<Duration> {
+        if !error.is_retriable() || attempt >= self.config.max_attempts.max(1) {
+            return None;
+        }
+        self.reset();
+        let ms = self.config.backoff_ms.saturating_mul(1 << attempt.min(16).saturating_sub(1));
+        let wait = Duration::from_millis(ms.min(30_000));
+        tracing::warn!(sink = self.sink, %error, attempt, ?wait, "retrying the batch after a retriable error");
+        Some(wait)
+    }
+}
+
+/// A sink error from a PostgreSQL error: retriable when the connection or
+/// the server went away, or the transaction lost a race; not when the data
+/// or the SQL is wrong. The message never contains credentials.
+pub(crate) fn sink_error(sink: &str, error: &tokio_postgres::Error) -> Error {
+    let retriable = match error.code() {
+        None => true, // I/O, closed connection, timeouts
+        Some(code) => {
+            let class = &code.code()[..2];
+            matches!(class, "08" | "53" | "57" | "58")
+                || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED
+        }
+    };
+    let mut message = error.to_string();
+    if let Some(db) = error.as_db_error() {
+        message = format!("{} ({})", db.message(), db.code().code());
+        if let Some(detail) = db.detail() {
+            message.push_str(&format!(": {detail}"));
+        }
+    } else if let Some(source) = error.source() {
+        message.push_str(&format!(": {source}"));
+    }
+    Error::Sink { sink: sink.to_owned(), message, retriable }
+}
+
+/// `name` as a quoted SQL identifier: events name tables and columns, so
+/// every identifier is quoted; embedded quotes are doubled.
+pub fn quote_ident(name: &str) -> Result<String> {
+    if name.contains('\0') {
+        return Err(Error::Sink {
+            sink: "postgres".into(),
+            message: format!("identifier {name:?} contains a NUL byte"),
+            retriable: false,
+        });
+    }
+    Ok(format!("\"{}\"", name.replace('"', "\"\"")))
+}
+
+/// A SQL string literal.
+pub(crate) fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The PostgreSQL column type for a Debezium column, as `format_type` spells
+/// it, so it can be compared with an existing table. The source column type
+/// (`column.propagate.source.type`) refines it where it is known.
+pub fn pg_type(field: &Field) -> String {
+    let source = field.source.as_ref();
+    let source_name = source.map(|s| s.type_name.to_ascii_uppercase());
+    let length = source.and_then(|s| s.length).filter(|&l| l > 0 && l < 10_485_760);
+    base_pg_type(&field.data_type, source_name.as_deref(), length)
+}
+
+fn base_pg_type(data_type: &DataType, source: Option<&str>, length: Option<i64>) -> String {
+    use DataType::*;
+    match data_type {
+        Boolean => "boolean".into(),
+        Int8 | Int16 => "smallint".into(),
+        Int32 | Year => "integer".into(),
+        Int64 => "bigint".into(),
+        Float32 => "real".into(),
+        Float64 => "double precision".into(),
+        Decimal { precision: Some(p), scale } if *scale >= 0 && *scale <= i32::try_from(*p).unwrap_or(0) => {
+            format!("numeric({p},{scale})")
+        }
+        Decimal { .. } | VariableDecimal => "numeric".into(),
+        String => match (source, length) {
+            (Some("VARCHAR"), Some(n)) => format!("character varying({n})"),
+            (Some("BPCHAR" | "CHAR"), Some(n)) => format!("character({n})"),
+            (Some("INET"), _) => "inet".into(),
+            (Some("CIDR"), _) => "cidr".into(),
+            (Some("MACADDR"), _) => "macaddr".into(),
+            (Some("NUMERIC" | "DECIMAL"), _) => "numeric".into(),
+            _ => "text".into(),
+        },
+        Json if source == Some("JSON") => "json".into(),
+        Json | Struct => "jsonb".into(),
+        Uuid => "uuid".into(),
+        Xml => "xml".into(),
+        Enum { .. } | EnumSet { .. } | Dynamic => "text".into(),
+        Bits { length, varying: false } => format!("bit({})", (*length).max(1)),
+        Bits { length, varying: true } => format!("bit varying({})", (*length).max(1)),
+        Bytes => "bytea".into(),
+        Geometry if source == Some("POINT") => "point".into(),
+        Geometry => "bytea".into(),
+        Date => "date".into(),
+        Time(_) => "time without time zone".into(),
+        Timestamp(_) => "timestamp without time zone".into(),
+        TimestampTz => "timestamp with time zone".into(),
+        ZonedTime => "time with time zone".into(),
+        Duration | Interval => "interval".into(),
+        Array(element) => format!("{}[]", base_pg_type(element, source.map(|s| s.trim_start_matches('_')), length)),
+    }
+}
+
+/// Whether a column of type `from` can be altered in place to `to` without
+/// losing values (`ALTER COLUMN ... TYPE`).
+fn widens(from: &str, to: &str) -> bool {
+    let rank = |t: &str| match t {
+        "smallint" => Some(1),
+        "integer" => Some(2),
+        "bigint" => Some(3),
+        "numeric" => Some(4),
+        _ => None,
+    };
+    match (rank(from), rank(to)) {
+        (Some(a), Some(b)) => a < b,
+        _ => {
+            from == "real" && to == "double precision" || to == "text" || to == "numeric" && from.starts_with("numeric")
+        }
+    }
+}
+
+/// How a value travels in the binary COPY to the staging table. Types with
+/// a simple binary form go binary; the rest go as text and are cast to the
+/// column type by the apply statements.
+fn staging_type(data_type: &DataType) -> Type {
+    use DataType::*;
+    match data_type {
+        Boolean => Type::BOOL,
+        Int8 | Int16 => Type::INT2,
+        Int32 | Year => Type::INT4,
+        Int64 => Type::INT8,
+        Float32 => Type::FLOAT4,
+        Float64 => Type::FLOAT8,
+        Bytes => Type::BYTEA,
+        Date => Type::DATE,
+        Time(_) => Type::TIME,
+        Timestamp(_) => Type::TIMESTAMP,
+        TimestampTz => Type::TIMESTAMPTZ,
+        Duration | Interval => Type::INTERVAL,
+        _ => Type::TEXT,
+    }
+}
+
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+const PG_EPOCH_DAYS: i32 = 10_957;
+
+/// One value in the binary COPY, encoded for its staging type.
+#[derive(Debug)]
+struct Cell<'a> {
+    value: &'a Value,
+    data_type: &'a DataType,
+    geometry_as_point: bool,
+}
+
+impl ToSql for Cell<'_> {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> std::result::Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        let mismatch = || -> Box<dyn StdError + Sync + Send> {
+            format!("value {:?} cannot be written as {ty}", self.value).into()
+        };
+        match self.value {
+            Value::Null | Value::Unavailable => return Ok(IsNull::Yes),
+            Value::Bool(b) if *ty == Type::BOOL => out.put_u8(u8::from(*b)),
+            Value::Int(i) if *ty == Type::INT2 => out.put_i16(i16::try_from(*i).map_err(|_| mismatch())?),
+            Value::Int(i) if *ty == Type::INT4 => out.put_i32(i32::try_from(*i).map_err(|_| mismatch())?),
+            Value::Int(i) if *ty == Type::INT8 => out.put_i64(*i),
+            Value::Float(f) if *ty == Type::FLOAT4 => out.put_f32(*f as f32),
+            Value::Float(f) if *ty == Type::FLOAT8 => out.put_f64(*f),
+            Value::Bytes(b) if *ty == Type::BYTEA => out.put_slice(b),
+            Value::Date(d) if *ty == Type::DATE => out.put_i32(match *d {
+                // i32::MAX / i32::MIN are PostgreSQL's own infinity / -infinity.
+                i32::MAX | i32::MIN => *d,
+                d => d.checked_sub(PG_EPOCH_DAYS).ok_or_else(mismatch)?,
+            }),
+            Value::Time(t) if *ty == Type::TIME => out.put_i64(*t),
+            Value::Timestamp(t) | Value::TimestampTz(t) if *ty == Type::TIMESTAMP || *ty == Type::TIMESTAMPTZ => {
+                // i64::MAX / i64::MIN are PostgreSQL's own infinity / -infinity.
+                out.put_i64(match *t {
+                    i64::MAX | i64::MIN => *t,
+                    t => t.checked_sub(PG_EPOCH_MICROS).ok_or_else(mismatch)?,
+                })
+            }
+            Value::Duration(micros) if *ty == Type::INTERVAL => {
+                out.put_i64(*micros);
+                out.put_i32(0);
+                out.put_i32(0);
+            }
+            Value::Interval(i) if *ty == Type::INTERVAL => {
+                out.put_i64(i.micros);
+                out.put_i32(i.days);
+                out.put_i32(i.months);
+            }
+            value if *ty == Type::TEXT => {
+                let text = pg_text(self.data_type, value, self.geometry_as_point).ok_or_else(mismatch)?;
+                out.put_slice(text.as_bytes());
+            }
+            _ => return Err(mismatch()),
+        }
+        Ok(IsNull::No)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+/// PostgreSQL input text for values staged as text.
+fn pg_text(data_type: &DataType, value: &Value, geometry_as_point: bool) -> Option<String> {
+    Some(match (data_type, value) {
+        (DataType::Bits { length, varying }, Value::Bytes(b)) => bit_string(b, *length, *varying),
+        (_, Value::String(s)) => s.to_string(),
+        (_, Value::Decimal(d)) => d.to_string(),
+        (_, Value::BigDecimal(d)) => d.to_string(),
+        (_, Value::Int(i)) => i.to_string(),
+        (_, Value::Bool(b)) => b.to_string(),
+        (_, Value::Float(f)) if f.is_nan() => "NaN".into(),
+        (_, Value::Float(f)) if f.is_infinite() => if *f > 0.0 { "Infinity" } else { "-Infinity" }.into(),
+        (_, Value::Float(f)) => format!("{f:?}"),
+        (_, Value::Bytes(b)) => format!("\\x{}", b.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        (_, Value::Geometry { wkb, .. }) if geometry_as_point && wkb.len() == 21 => {
+            let x = f64::from_le_bytes(wkb[5..13].try_into().ok()?);
+            let y = f64::from_le_bytes(wkb[13..21].try_into().ok()?);
+            format!("({x:?},{y:?})")
+        }
+        (_, Value::Geometry { wkb, .. }) => {
+            format!("\\x{}", wkb.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        }
+        (DataType::Array(element), Value::List(items)) => {
+            let mut text = String::from("{");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    text.push(',');
+                }
+                match item {
+                    Value::Null | Value::Unavailable => text.push_str("NULL"),
+                    item => {
+                        let inner = pg_text(element, item, geometry_as_point)?;
+                        text.push('"');
+                        text.push_str(&inner.replace('\\', "\\\\").replace('"', "\\\""));
+                        text.push('"');
+                    }
+                }
+            }
+            text.push('}');
+            text
+        }
+        (_, Value::Date(_) | Value::Time(_) | Value::Timestamp(_) | Value::TimestampTz(_)) => return None,
+        _ => return None,
+    })
+}
+
+/// How deletes land in a current-state table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeleteMode {
+    /// Remove the row (the target mirror).
+    Hard,
+    /// Keep the row, flagged `_cdc_deleted` (the data lake's processed tables).
+    Soft,
+}
+
+/// A current-state table as it exists in the database.
+#[derive(Debug, Clone)]
+struct KnownTable {
+    /// Column name -> `format_type` text.
+    columns: BTreeMap<String, String>,
+}
+
+/// Writes current-state tables: one per source table, created on first
+/// sight, grown with new columns, updated set-based from a staging table.
+pub(crate) struct StateTables {
+    sink: &'static str,
+    /// Schema for every table; `None` mirrors the source schema.
+    schema: Option<String>,
+    delete_mode: DeleteMode,
+    known: HashMap<(String, String), KnownTable>,
+    staging_counter: u64,
+}
+
+/// Metadata columns of a current-state table and their types.
+fn metadata_columns(mode: DeleteMode) -> Vec<(&'static str, &'static str)> {
+    let mut columns = vec![
+        ("_cdc_op", "text"),
+        ("_cdc_order", "text COLLATE \"C\""),
+        ("_cdc_source_ts", "timestamp with time zone"),
+        ("_cdc_lsn", "bigint"),
+        ("_cdc_tx_id", "bigint"),
+        ("_cdc_synced_at", "timestamp with time zone"),
+    ];
+    if mode == DeleteMode::Soft {
+        columns.push(("_cdc_deleted", "boolean NOT NULL DEFAULT false"));
+        columns.push(("_cdc_deleted_at", "timestamp with time zone"));
+    }
+    columns
+}
+
+impl StateTables {
+    pub fn new(sink: &'static str, schema: Option<String>, delete_mode: DeleteMode) -> StateTables {
+        StateTables { sink, schema, delete_mode, known: HashMap::new(), staging_counter: 0 }
+    }
+
+    /// Forgets what it knew of existing tables (after a rollback).
+    pub fn forget(&mut self) {
+        self.known.clear();
+    }
+
+    fn error(&self, message: String) -> Error {
+        Error::Sink { sink: self.sink.to_owned(), message, retriable: false }
+    }
+
+    /// Applies one table's events of a batch inside `tx`.
+    pub async fn apply(&mut self, tx: &Transaction<'_>, events: &[&ChangeEvent]) -> Result<()> {
+        let Some(first) = events.first() else { return Ok(()) };
+        let schema_name = self.schema.clone().unwrap_or_else(|| first.source.schema.clone());
+        let table_name = first.source.table.clone();
+        let columns = self.ensure_table(tx, &schema_name, &table_name, events).await?;
+        let table = format!("{}.{}", quote_ident(&schema_name)?, quote_ident(&table_name)?);
+        for change in cdc_core::collapse(events) {
+            match change {
+                TableChange::Truncate(_) => {
+                    let sql = match self.delete_mode {
+                        DeleteMode::Hard => format!("TRUNCATE {table}"),
+                        DeleteMode::Soft => format!(
+                            "UPDATE {table} SET _cdc_deleted = true, _cdc_deleted_at = now(), _cdc_op = 't', \
+                             _cdc_synced_at = now() WHERE NOT _cdc_deleted"
+                        ),
+                    };
+                    tx.batch_execute(&sql).await.map_err(|e| sink_error(self.sink, &e))?;
+                }
+                TableChange::Rows(rows) => {
+                    if rows.iter().any(|r| r.event.key.is_none()) {
+                        return Err(self.error(format!(
+                            "table {schema_name}.{table_name} has no primary key: Debezium sent no record key, \
+                             so rows cannot be matched"
+                        )));
+                    }
+                    self.apply_rows(tx, &table, &columns, &rows).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the table or adds missing columns; returns the data columns
+    /// the staging table carries, key columns first, each with its column
+    /// type in the table.
+    async fn ensure_table(
+        &mut self,
+        tx: &Transaction<'_>,
+        schema_name: &str,
+        table_name: &str,
+        events: &[&ChangeEvent],
+    ) -> Result<Vec<(Field, String)>> {
+        // Every column of every schema version in the batch; the newest wins.
+        let mut columns: Vec<Field> = Vec::new();
+        for event in events.iter().rev() {
+            for field in event.schema.fields() {
+                if !columns.iter().any(|c| c.name == field.name) {
+                    columns.push(field.clone());
+                }
+            }
+        }
+        let newest = &events.last().expect("non-empty").schema;
+        let key: Vec<&str> = newest.key_names().collect();
+        columns.sort_by_key(|c| !key.contains(&c.name.as_str()));
+
+        let id = (schema_name.to_owned(), table_name.to_owned());
+        if !self.known.contains_key(&id) {
+            let existing =
+                existing_columns(tx, schema_name, table_name).await.map_err(|e| sink_error(self.sink, &e))?;
+            if existing.is_empty() {
+                self.create_table(tx, schema_name, table_name, &columns, &key).await?;
+            } else {
+                self.known.insert(id.clone(), KnownTable { columns: existing });
+            }
+        }
+        let table = format!("{}.{}", quote_ident(schema_name)?, quote_ident(table_name)?);
+        let known = self.known.get(&id).expect("known above").clone();
+        let mut changed = known.clone();
+        for column in &columns {
+            let wanted = pg_type(column);
+            match known.columns.get(&column.name) {
+                None => {
+                    let sql =
+                        format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} {wanted}", quote_ident(&column.name)?);
+                    tx.batch_execute(&sql).await.map_err(|e| sink_error(self.sink, &e))?;
+                    changed.columns.insert(column.name.clone(), wanted);
+                }
+                Some(current) if *current == wanted || same_family(current, &wanted) => {}
+                Some(current) if widens(current, &wanted) => {
+                    let name = quote_ident(&column.name)?;
+                    let sql = format!("ALTER TABLE {table} ALTER COLUMN {name} TYPE {wanted} USING {name}::{wanted}");
+                    tx.batch_execute(&sql).await.map_err(|e| sink_error(self.sink, &e))?;
+                    changed.columns.insert(column.name.clone(), wanted);
+                }
+                Some(current) => {
+                    return Err(self.error(format!(
+                        "column {} of {schema_name}.{table_name} is {current} in PostgreSQL but events now carry \
+                         {wanted}: not a widening PostgreSQL can do in place",
+                        column.name
+                    )));
+                }
+            }
+        }
+        // Columns the table has but no event of the batch carries (dropped at
+        // the source) are written as null, typed as they are in the table.
+        for name in changed.columns.keys() {
+            if !name.starts_with("_cdc_") && !columns.iter().any(|c| &c.name == name) {
+                columns.push(Field {
+                    name: name.clone(),
+                    data_type: DataType::Dynamic,
+                    nullable: true,
+                    default: None,
+                    source: None,
+                });
+            }
+        }
+        let typed = columns
+            .into_iter()
+            .map(|c| {
+                let ty = changed.columns.get(&c.name).cloned().unwrap_or_else(|| pg_type(&c));
+                (c, ty)
+            })
+            .collect();
+        self.known.insert(id, changed);
+        Ok(typed)
+    }
+
+    async fn create_table(
+        &mut self,
+        tx: &Transaction<'_>,
+        schema_name: &str,
+        table_name: &str,
+        columns: &[Field],
+        key: &[&str],
+    ) -> Result<()> {
+        let mut definitions = Vec::new();
+        let mut known = BTreeMap::new();
+        for column in columns {
+            let ty = pg_type(column);
+            let not_null = if key.contains(&column.name.as_str()) { " NOT NULL" } else { "" };
+            definitions.push(format!("{} {ty}{not_null}", quote_ident(&column.name)?));
+            known.insert(column.name.clone(), ty);
+        }
+        for (name, ty) in metadata_columns(self.delete_mode) {
+            definitions.push(format!("{name} {ty}"));
+        }
+        if !key.is_empty() {
+            let key: Vec<String> = key.iter().map(|k| quote_ident(k)).collect::<Result<_>>()?;
+            definitions.push(format!("PRIMARY KEY ({})", key.join(", ")));
+        }
+        let sql = format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}; CREATE TABLE IF NOT EXISTS {schema}.{table} ({})",
+            definitions.join(", "),
+            schema = quote_ident(schema_name)?,
+            table = quote_ident(table_name)?,
+        );
+        tx.batch_execute(&sql).await.map_err(|e| sink_error(self.sink, &e))?;
+        self.known.insert((schema_name.to_owned(), table_name.to_owned()), KnownTable { columns: known });
+        Ok(())
+    }
+
+    async fn apply_rows(
+        &mut self,
+        tx: &Transaction<'_>,
+        table: &str,
+        columns: &[(Field, String)],
+        rows: &[cdc_core::RowChange<'_>],
+    ) -> Result<()> {
+        self.staging_counter += 1;
+        let staging = format!("_cdc_stage_{}", self.staging_counter);
+        let key_count = rows[0].event.schema.key_indices().len();
+        let mut definitions = Vec::new();
+        let mut types = Vec::new();
+        for (column, _) in columns {
+            let ty = staging_type(&column.data_type);
+            definitions.push(format!("{} {}", quote_ident(&column.name)?, ty.name()));
+            types.push(ty);
+        }
+        for (name, ty) in [
+            ("_cdc_op", Type::TEXT),
+            ("_cdc_order", Type::TEXT),
+            ("_cdc_source_ts", Type::TIMESTAMPTZ),
+            ("_cdc_lsn", Type::INT8),
+            ("_cdc_tx_id", Type::INT8),
+            ("_cdc_unavailable", Type::TEXT),
+        ] {
+            // The order key compares byte-wise, like the table's column.
+            let collate = if name == "_cdc_order" { " COLLATE \"C\"" } else { "" };
+            definitions.push(format!("{name} {}{collate}", ty.name()));
+            types.push(ty);
+        }
+        let create = format!("CREATE TEMP TABLE {staging} ({}) ON COMMIT DROP", definitions.join(", "));
+        tx.batch_execute(&create).await.map_err(|e| sink_error(self.sink, &e))?;
+
+        let sink =
+            tx.copy_in(&format!("COPY {staging} FROM STDIN BINARY")).await.map_err(|e| sink_error(self.sink, &e))?;
+        let writer = BinaryCopyInWriter::new(sink, &types);
+        pin_mut!(writer);
+        let null = Value::Null;
+        let points: Vec<bool> = columns
+            .iter()
+            .map(|(c, _)| c.source.as_ref().is_some_and(|s| s.type_name.eq_ignore_ascii_case("POINT")))
+            .collect();
+        for row in rows {
+            let event = row.event;
+            // Deletes stage their before-image (the key, or the whole row with
+            // REPLICA IDENTITY FULL).
+            let image = match &row.after {
+                Some(after) => Some(after.as_ref()),
+                None => event.before.as_ref(),
+            };
+            let mut unavailable = Vec::new();
+            let mut cells = Vec::with_capacity(types.len());
+            for ((column, _), &point) in columns.iter().zip(&points) {
+                let value = match (event.schema.index_of(&column.name), image) {
+                    (Some(i), Some(image)) => image.get(i).unwrap_or(&null),
+                    _ => &null,
+                };
+                if value.is_unavailable() {
+                    unavailable.push(column.name.as_str());
+                }
+                cells.push(Cell { value, data_type: &column.data_type, geometry_as_point: point });
+            }
+            let order = event.order.to_hex();
+            let unavailable = (!unavailable.is_empty()).then(|| array_literal(&unavailable));
+            let op = event.op.code();
+            let source_ts = event.source.ts_micros().map(Value::TimestampTz).unwrap_or(Value::Null);
+            let mut params: Vec<&(dyn ToSql + Sync)> = cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+            let meta: [&(dyn ToSql + Sync); 6] = [
+                &op,
+                &order,
+                &Cell { value: &source_ts, data_type: &DataType::TimestampTz, geometry_as_point: false },
+                &event.source.lsn,
+                &event.source.tx_id,
+                &unavailable,
+            ];
+            params.extend(meta);
+            writer.as_mut().write(&params).await.map_err(|e| {
+                let mut error = sink_error(self.sink, &e);
+                if let Error::Sink { message, .. } = &mut error {
+                    message.push_str(&format!(" (record {})", event.position));
+                }
+                error
+            })?;
+        }
+        writer.finish().await.map_err(|e| sink_error(self.sink, &e))?;
+        tx.batch_execute(&format!("ANALYZE {staging}")).await.map_err(|e| sink_error(self.sink, &e))?;
+
+        let sql = self.apply_sql(table, &staging, columns, key_count)?;
+        tx.batch_execute(&sql).await.map_err(|e| sink_error(self.sink, &e))
+    }
+
+    /// The set-based statements that move a staged batch into the table.
+    fn apply_sql(&self, table: &str, staging: &str, columns: &[(Field, String)], key_count: usize) -> Result<String> {
+        let mut names = Vec::new();
+        let mut casts = Vec::new();
+        for (column, ty) in columns {
+            let name = quote_ident(&column.name)?;
+            casts.push(format!("s.{name}::{ty}"));
+            names.push(name);
+        }
+        let key_match =
+            (0..key_count).map(|i| format!("t.{} = {}", names[i], casts[i])).collect::<Vec<_>>().join(" AND ");
+        let toast_aware = |i: usize| {
+            format!(
+                "{name} = CASE WHEN s._cdc_unavailable::text[] @> ARRAY[{literal}] THEN t.{name} ELSE {cast} END",
+                name = names[i],
+                literal = quote_literal(&columns[i].0.name),
+                cast = casts[i]
+            )
+        };
+        let sets: Vec<String> = (key_count..columns.len()).map(toast_aware).collect();
+        let meta = "_cdc_op = s._cdc_op, _cdc_order = s._cdc_order, _cdc_source_ts = s._cdc_source_ts, \
+                    _cdc_lsn = s._cdc_lsn, _cdc_tx_id = s._cdc_tx_id, _cdc_synced_at = now()";
+        let undelete =
+            if self.delete_mode == DeleteMode::Soft { ", _cdc_deleted = false, _cdc_deleted_at = NULL" } else { "" };
+        let mut sets_sql = sets.join(", ");
+        if !sets_sql.is_empty() {
+            sets_sql.push_str(", ");
+        }
+        let insert_columns =
+            format!("{}, _cdc_op, _cdc_order, _cdc_source_ts, _cdc_lsn, _cdc_tx_id, _cdc_synced_at", names.join(", "));
+        let insert_values =
+            format!("{}, s._cdc_op, s._cdc_order, s._cdc_source_ts, s._cdc_lsn, s._cdc_tx_id, now()", casts.join(", "));
+        // Never let an older event overwrite a newer one: compare order keys.
+        let mut sql = format!(
+            "UPDATE {table} AS t SET {sets_sql}{meta}{undelete} FROM {staging} s \
+             WHERE {key_match} AND s._cdc_op <> 'd' AND t._cdc_order < s._cdc_order;\n\
+             INSERT INTO {table} ({insert_columns}) SELECT {insert_values} FROM {staging} s \
+             WHERE s._cdc_op <> 'd' AND NOT EXISTS (SELECT 1 FROM {table} t WHERE {key_match}) ON CONFLICT DO NOTHING;\n"
+        );
+        match self.delete_mode {
+            DeleteMode::Hard => sql.push_str(&format!(
+                "DELETE FROM {table} AS t USING {staging} s WHERE {key_match} AND s._cdc_op = 'd' \
+                 AND t._cdc_order < s._cdc_order;"
+            )),
+            DeleteMode::Soft => sql.push_str(&format!(
+                "UPDATE {table} AS t SET {meta}, _cdc_deleted = true, _cdc_deleted_at = s._cdc_source_ts \
+                 FROM {staging} s WHERE {key_match} AND s._cdc_op = 'd' AND t._cdc_order < s._cdc_order;\n\
+                 INSERT INTO {table} ({insert_columns}, _cdc_deleted, _cdc_deleted_at) \
+                 SELECT {insert_values}, true, s._cdc_source_ts FROM {staging} s \
+                 WHERE s._cdc_op = 'd' AND NOT EXISTS (SELECT 1 FROM {table} t WHERE {key_match}) ON CONFLICT DO NOTHING;"
+            )),
+        }
+        Ok(sql)
+    }
+}
+
+/// `character varying(50)` vs `character varying(100)` and the like: the
+/// same type family with another modifier is left as it is.
+fn same_family(current: &str, wanted: &str) -> bool {
+    let family = |t: &str| t.split('(').next().unwrap_or(t).trim().to_owned();
+    family(current) == family(wanted) && !matches!(family(current).as_str(), "numeric")
+}
+
+fn array_literal(items: &[&str]) -> String {
+    let quoted: Vec<String> =
+        items.iter().map(|i| format!("\"{}\"", i.replace('\\', "\\\\").replace('"', "\\\""))).collect();
+    format!("{{{}}}", quoted.join(","))
+}
+
+async fn existing_columns(
+    tx: &Transaction<'_>,
+    schema: &str,
+    table: &str,
+) -> std::result::Result<BTreeMap<String, String>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+             JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&schema, &table],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect())
+}
+
+/// The offsets table: the last applied offset per (consumer, topic, partition).
+pub(crate) const OFFSETS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS cdc_meta; \
+    CREATE TABLE IF NOT EXISTS cdc_meta.offsets (\
+        consumer text NOT NULL, topic text NOT NULL, kafka_partition integer NOT NULL, \
+        kafka_offset bigint NOT NULL, updated_at timestamp with time zone NOT NULL DEFAULT now(), \
+        PRIMARY KEY (consumer, topic, kafka_partition))";
+
+pub(crate) async fn read_offsets(
+    client: &Client,
+    consumer: &str,
+) -> std::result::Result<Offsets, tokio_postgres::Error> {
+    client.batch_execute(OFFSETS_DDL).await?;
+    let rows = client
+        .query("SELECT topic, kafka_partition, kafka_offset FROM cdc_meta.offsets WHERE consumer = $1", &[&consumer])
+        .await?;
+    let mut offsets = Offsets::new();
+    for row in rows {
+        let topic: String = row.get(0);
+        offsets.set(Arc::from(topic), row.get(1), row.get(2));
+    }
+    Ok(offsets)
+}
+
+/// Upserts the batch's offsets in the same transaction as its data.
+pub(crate) async fn write_offsets(
+    tx: &Transaction<'_>,
+    consumer: &str,
+    offsets: &Offsets,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let (mut topics, mut partitions, mut positions) = (Vec::new(), Vec::new(), Vec::new());
+    for (topic, partition, offset) in offsets.iter() {
+        topics.push(topic.to_owned());
+        partitions.push(partition);
+        positions.push(offset);
+    }
+    tx.execute(
+        "INSERT INTO cdc_meta.offsets (consumer, topic, kafka_partition, kafka_offset) \
+         SELECT $1, * FROM unnest($2::text[], $3::integer[], $4::bigint[]) \
+         ON CONFLICT (consumer, topic, kafka_partition) DO UPDATE \
+         SET kafka_offset = GREATEST(cdc_meta.offsets.kafka_offset, EXCLUDED.kafka_offset), updated_at = now()",
+        &[&consumer, &topics, &partitions, &positions],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The events of a batch this sink does not hold yet, by source table.
+pub(crate) fn unapplied<'a>(batch: &'a Batch, held: &Offsets) -> BTreeMap<(String, String), Vec<&'a ChangeEvent>> {
+    let mut tables: BTreeMap<(String, String), Vec<&ChangeEvent>> = BTreeMap::new();
+    for event in batch.events.iter().filter(|e| !held.holds(&e.position)) {
+        tables.entry((event.source.schema.clone(), event.source.table.clone())).or_default().push(event);
+    }
+    tables
+}
+
+/// What the PostgreSQL sinks share around their transaction: the connection
+/// and the offsets they durably hold.
+pub(crate) struct PgBase {
+    pub connection: Connection,
+    held: Option<Offsets>,
+}
+
+impl PgBase {
+    pub fn new(config: PgConnectionConfig, sink: &'static str) -> PgBase {
+        PgBase { connection: Connection::new(config, sink), held: None }
+    }
+
+    /// Reads the offsets table (creating it if missing), with retries.
+    pub async fn durable_offsets(&mut self) -> Result<Offsets> {
+        let sink = self.connection.sink;
+        let mut attempt = 0;
+        let offsets = loop {
+            attempt += 1;
+            let consumer = self.connection.config().consumer.clone();
+            let result = match self.connection.client().await {
+                Ok(client) => read_offsets(client, &consumer).await.map_err(|e| sink_error(sink, &e)),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(offsets) => break offsets,
+                Err(error) => match self.connection.retry_after(attempt, &error) {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => return Err(error),
+                },
+            }
+        };
+        self.held = Some(offsets.clone());
+        Ok(offsets)
+    }
+}
+
+/// A sink whose batch is one PostgreSQL transaction.
+pub(crate) trait TransactionalSink {
+    fn base(&mut self) -> &mut PgBase;
+
+    /// Called after a failed attempt: the transaction rolled back.
+    fn rolled_back(&mut self);
+
+    /// Applies the events not in `held` and the batch's offsets in one
+    /// transaction, committed before it returns `Ok`.
+    async fn try_apply(&mut self, batch: &Batch, held: &Offsets) -> Result<()>;
+}
+
+/// Applies a batch, retrying retriable failures (connection lost, server
+/// restart) on a fresh connection with backoff; each attempt is a whole new
+/// transaction, so nothing is lost or doubled.
+pub(crate) async fn apply_with_retries<S: TransactionalSink>(sink: &mut S, batch: &Batch) -> Result<()> {
+    let held = match sink.base().held.clone() {
+        Some(held) => held,
+        None => sink.base().durable_offsets().await?,
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match sink.try_apply(batch, &held).await {
+            Ok(()) => break,
+            Err(error) => {
+                sink.rolled_back();
+                match sink.base().connection.retry_after(attempt, &error) {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => return Err(error),
+                }
+            }
+        }
+    }
+    sink.base().held.get_or_insert_with(Offsets::new).merge(&batch.offsets);
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! cdc-sinks integration tests against the test command's throwaway
+//! PostgreSQL (`CDC_TEST_PG_URL`).
+
+mod pg_datalake;
+mod pg_target;
+mod support;

@@ -1,0 +1,204 @@
+//! The PostgreSQL target mirror against a real PostgreSQL.
+use cdc_core::testing::changes;
+use cdc_core::{Batch, Decoder, Offsets, RawRecord, Record, Sink};
+use cdc_sinks::{PgConnectionConfig, PgTargetSink};
+
+use crate::support::*;
+
+fn sink(url: &str) -> PgTargetSink {
+    let mut config = PgConnectionConfig::new(url);
+    config.backoff_ms = 20;
+    PgTargetSink::new(config)
+}
+
+async fn apply_all(sink: &mut PgTargetSink, batches: &[Batch]) {
+    for batch in batches {
+        sink.apply(batch).await.unwrap();
+    }
+}
+
+/// The real-Debezium fixture applied in small batches (TOAST update, delete,
+/// truncate, primary-key change and schema changes land in different
+/// batches) leaves the target equal to the source.
+#[tokio::test]
+async fn target_equals_source_after_the_fixture() {
+    let source = source_database("sinks_target_source").await;
+    let url = fresh_database("sinks_target").await;
+    let records = fixture_records("schemas");
+    let mut target = sink(&url);
+    apply_all(&mut target, &batches(&records, 7)).await;
+    let mirror = connect(&url).await;
+    assert_mirrors_source(&source, &mirror, "public", false).await;
+
+    // Types are faithful, and schema changes landed.
+    let types: Vec<(String, String)> = mirror
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+             WHERE a.attrelid = 'public.products'::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let ty = |name: &str| types.iter().find(|(n, _)| n == name).map(|(_, t)| t.as_str()).unwrap();
+    assert_eq!(ty("price"), "numeric(10,2)");
+    assert_eq!(ty("name"), "character varying(100)");
+    assert_eq!(ty("created_at"), "timestamp without time zone");
+    assert_eq!(ty("stock_quantity"), "bigint", "int -> bigint followed the source");
+    assert_eq!(ty("category"), "character varying(50)", "a dropped source column stays");
+    assert_eq!(ty("_cdc_order"), "text");
+    let pk: String = mirror
+        .query_one(
+            "SELECT string_agg(a.attname, ',') FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid \
+             AND a.attnum = ANY(i.indkey) WHERE i.indrelid = 'public.customers'::regclass AND i.indisprimary",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(pk, "id");
+    // Rows written after the drop have nulls there.
+    let category: Option<String> =
+        mirror.query_one("SELECT category FROM products WHERE id = 6", &[]).await.unwrap().get(0);
+    assert_eq!(category, None);
+
+    // Offsets are durable and read back by a new sink instance.
+    let offsets = sink(&url).durable_offsets().await.unwrap();
+    let last = records.last().unwrap().position();
+    assert_eq!(offsets.get(&last.topic, last.partition), Some(last.offset));
+}
+
+/// Applying an already-applied range again changes nothing, also with a
+/// fresh sink instance (after a restart).
+#[tokio::test]
+async fn replaying_applied_batches_changes_nothing() {
+    let url = fresh_database("sinks_target_replay").await;
+    let records = fixture_records("schemas");
+    let all = batches(&records, 25);
+    let mut target = sink(&url);
+    apply_all(&mut target, &all).await;
+    let mirror = connect(&url).await;
+    let before = snapshot(&mirror).await;
+    let mut restarted = sink(&url);
+    apply_all(&mut restarted, &all[2..5]).await;
+    apply_all(&mut restarted, &all).await;
+    assert_eq!(before, snapshot(&mirror).await);
+}
+
+async fn snapshot(client: &tokio_postgres::Client) -> Vec<String> {
+    let mut out = Vec::new();
+    for table in TABLES {
+        let rows = client
+            .query(&format!("SELECT (to_jsonb(t) - '_cdc_synced_at')::text FROM public.{table} t ORDER BY id"), &[])
+            .await
+            .unwrap();
+        out.extend(rows.iter().map(|r| r.get::<_, String>(0)));
+    }
+    out
+}
+
+/// An event older than the row's current state (here: delivered later from
+/// another partition) never overwrites it.
+#[tokio::test]
+async fn older_events_never_overwrite_newer_rows() {
+    let url = fresh_database("sinks_target_order").await;
+    let records = fixture_records("schemas");
+    let events = changes(&records);
+    let updates: Vec<_> =
+        events.iter().filter(|e| e.source.table == "orders" && e.op == cdc_core::Op::Update).collect();
+    let (older, newer) = (updates[0], updates[1]);
+    assert!(older.order < newer.order);
+    let mut target = sink(&url);
+    // Snapshot first, then the newer update, then the older one from elsewhere.
+    let snapshot: Vec<Record> =
+        records.iter().filter(|r| matches!(r, Record::Change(e) if e.op == cdc_core::Op::Read)).cloned().collect();
+    target.apply(&Batch::from_records(snapshot)).await.unwrap();
+    target.apply(&Batch { events: vec![moved(newer, 7, 1)], offsets: Offsets::new() }).await.unwrap();
+    target.apply(&Batch { events: vec![moved(older, 8, 1)], offsets: Offsets::new() }).await.unwrap();
+    let mirror = connect(&url).await;
+    let id = match &newer.key.as_ref().unwrap()[0] {
+        cdc_core::Value::Int(i) => *i as i32,
+        other => panic!("{other:?}"),
+    };
+    let order: String = mirror.query_one("SELECT _cdc_order FROM orders WHERE id = $1", &[&id]).await.unwrap().get(0);
+    assert_eq!(order, newer.order.to_hex());
+}
+
+/// Table and column names from events are quoted: a hostile name is just a name.
+#[tokio::test]
+async fn hostile_identifiers_cannot_inject_sql() {
+    let url = fresh_database("sinks_target_hostile").await;
+    let mirror = connect(&url).await;
+    mirror.batch_execute("CREATE TABLE victim (id int); INSERT INTO victim VALUES (1)").await.unwrap();
+    let table = r#"we\"ird; DROP TABLE victim; --"#;
+    let column = r#"ç\"ol'); DELETE FROM victim; --"#;
+    let value = format!(
+        r#"{{"schema":{{"type":"struct","fields":[{{"type":"struct","optional":true,"field":"after","fields":[
+            {{"type":"int32","optional":false,"field":"id"}},{{"type":"string","optional":true,"field":"{column}"}}]}}],"optional":false}},
+           "payload":{{"before":null,"after":{{"id":1,"{column}":"x'); DROP TABLE victim; --"}},
+           "source":{{"schema":"public","table":"{table}","lsn":10,"txId":1,"sequence":"[\"9\",\"10\"]"}},"op":"c"}}}}"#
+    );
+    let key =
+        br#"{"schema":{"type":"struct","fields":[{"type":"int32","optional":false,"field":"id"}]},"payload":{"id":1}}"#;
+    let raw =
+        RawRecord { topic: "cdc.public.weird", partition: 0, offset: 0, key: Some(key), value: Some(value.as_bytes()) };
+    let record = Decoder::new().decode(raw).unwrap();
+    sink(&url).apply(&Batch::from_records([record])).await.unwrap();
+    let victims: i64 = mirror.query_one("SELECT count(*) FROM victim", &[]).await.unwrap().get(0);
+    assert_eq!(victims, 1);
+    let stored: String = mirror
+        .query_one(
+            &format!(
+                "SELECT \"{}\" FROM public.\"{}\"",
+                r#"ç"ol'); DELETE FROM victim; --"#.replace('"', "\"\""),
+                r#"we"ird; DROP TABLE victim; --"#.replace('"', "\"\"")
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, "x'); DROP TABLE victim; --");
+}
+
+/// The connection is killed while a batch waits inside its transaction: the
+/// transaction rolls back, the sink reconnects and applies the batch again.
+#[tokio::test]
+async fn connection_killed_mid_batch_is_retried() {
+    let url = fresh_database("sinks_target_kill").await;
+    let records = fixture_records("schemas");
+    let all = batches(&records, 40);
+    let mut target = sink(&url);
+    target.apply(&all[0]).await.unwrap();
+    let admin = connect(&url).await;
+    // Block the sink's next transaction on a lock, kill its backend, release.
+    admin.batch_execute("BEGIN; LOCK TABLE public.customers IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let killer = tokio::spawn(async move {
+        let mut killed = 0;
+        for _ in 0..200 {
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            let rows = admin
+                .query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE application_name = 'pg-target' AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            killed += rows.len();
+            if killed > 0 {
+                break;
+            }
+        }
+        admin.batch_execute("COMMIT").await.unwrap();
+        killed
+    });
+    for batch in &all[1..] {
+        target.apply(batch).await.unwrap();
+    }
+    assert_eq!(killer.await.unwrap(), 1, "the sink's backend was killed once");
+    let source = source_database("sinks_target_kill_source").await;
+    assert_mirrors_source(&source, &connect(&url).await, "public", false).await;
+}
