@@ -128,3 +128,84 @@ pub fn key_bytes(key: &[Value]) -> Vec<u8> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Decoder, RawRecord, Record};
+
+    /// Decodes schemaless events of table `t` (key `id`, column `big`).
+    fn events(specs: &[(&str, i64, Option<&str>, i64)]) -> Vec<ChangeEvent> {
+        let mut decoder = Decoder::new();
+        specs
+            .iter()
+            .enumerate()
+            .map(|(offset, (op, id, big, lsn))| {
+                let row = match big {
+                    Some(big) => format!(r#"{{"id":{id},"big":"{big}"}}"#),
+                    None => format!(r#"{{"id":{id}}}"#),
+                };
+                let (before, after) = if *op == "d" { (row, "null".into()) } else { ("null".into(), row) };
+                let value = format!(
+                    r#"{{"before":{before},"after":{after},"source":{{"schema":"s","table":"t","lsn":{lsn}}},"op":"{op}"}}"#
+                );
+                let key = format!(r#"{{"id":{id}}}"#);
+                let raw = RawRecord {
+                    topic: "cdc.s.t",
+                    partition: 0,
+                    offset: offset as i64,
+                    key: (*op != "t").then_some(key.as_bytes()),
+                    value: Some(value.as_bytes()),
+                };
+                match decoder.decode(raw).unwrap() {
+                    Record::Change(e) => e,
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect()
+    }
+
+    fn rows<'a>(changes: &'a [TableChange<'a>], i: usize) -> &'a [RowChange<'a>] {
+        match &changes[i] {
+            TableChange::Rows(rows) => rows,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn keeps_the_newest_change_per_key_and_fills_toast_from_older_ones() {
+        let placeholder = crate::UNAVAILABLE_PLACEHOLDER;
+        let events = events(&[
+            ("c", 1, Some("v1"), 10),
+            ("u", 2, Some("w1"), 11),
+            ("u", 1, Some(placeholder), 12),
+            ("d", 2, None, 13),
+        ]);
+        let refs: Vec<&ChangeEvent> = events.iter().collect();
+        let changes = collapse(&refs);
+        assert_eq!(changes.len(), 1);
+        let rows = rows(&changes, 0);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].event.source.lsn, Some(12));
+        assert_eq!(rows[0].after.as_ref().unwrap()[1], Value::String("v1".into()), "TOAST filled from the create");
+        assert!(rows[1].is_delete() && rows[1].after.is_none());
+    }
+
+    #[test]
+    fn an_older_event_later_in_the_batch_does_not_win() {
+        let events = events(&[("u", 1, Some("new"), 20), ("u", 1, Some("old"), 10)]);
+        let refs: Vec<&ChangeEvent> = events.iter().collect();
+        let changes = collapse(&refs);
+        assert_eq!(rows(&changes, 0)[0].after.as_ref().unwrap()[1], Value::String("new".into()));
+    }
+
+    #[test]
+    fn truncate_splits_the_batch() {
+        let events = events(&[("c", 1, Some("a"), 1), ("t", 0, None, 2), ("c", 1, Some("b"), 3)]);
+        let refs: Vec<&ChangeEvent> = events.iter().collect();
+        let changes = collapse(&refs);
+        assert_eq!(changes.len(), 3);
+        assert!(matches!(changes[1], TableChange::Truncate(_)));
+        assert_eq!(rows(&changes, 2)[0].after.as_ref().unwrap()[1], Value::String("b".into()));
+    }
+}

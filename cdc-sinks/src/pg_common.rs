@@ -908,3 +908,31 @@ pub(crate) async fn apply_with_retries<S: TransactionalSink>(sink: &mut S, batch
     sink.base().held.get_or_insert_with(Offsets::new).merge(&batch.offsets);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_never_show_passwords() {
+        let url = PgUrl::new("postgres://target_user:target_password@localhost:5435/target_db");
+        assert_eq!(url.to_string(), "postgres://target_user:***@localhost:5435/target_db");
+        assert!(!format!("{url:?}").contains("target_password"));
+        let kv = PgUrl::new("host=localhost user=u password=secret");
+        assert!(!kv.to_string().contains("secret"));
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident(r#"a"b; DROP"#).unwrap(), r#""a""b; DROP""#);
+        assert!(quote_ident("a\0b").is_err());
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn array_text_quotes_every_element() {
+        let data_type = DataType::Array(Box::new(DataType::String));
+        let value = Value::List(vec![Value::String("a \"b\"".into()), Value::Null, Value::String("c\\".into())]);
+        assert_eq!(pg_text(&data_type, &value, false).unwrap(), r#"{"a \"b\"",NULL,"c\\"}"#);
+    }
+}

@@ -77,3 +77,23 @@ async fn raw_events_need_the_raw_json() {
     assert!(!err.is_retriable());
     assert!(err.to_string().contains("keep_raw_json"), "{err}");
 }
+
+/// init-scripts/datalake-init.sql creates the same raw and offsets tables
+/// the sink creates itself.
+#[tokio::test]
+async fn init_script_matches_what_the_sink_creates() {
+    let scripted = fresh_database("sinks_lake_init_a").await;
+    let by_sink = fresh_database("sinks_lake_init_b").await;
+    let script =
+        std::fs::read_to_string(cdc_core::testing::repo_root().join("init-scripts/datalake-init.sql")).unwrap();
+    let a = connect(&scripted).await;
+    a.batch_execute(&script).await.unwrap();
+    let records = fixture_records("schemas");
+    let batch = &batches(&records, 60)[0];
+    sink(&by_sink).apply(batch).await.unwrap();
+    sink(&scripted).apply(batch).await.unwrap();
+    let b = connect(&by_sink).await;
+    for (schema, table) in [("cdc_raw", "cdc_events"), ("cdc_meta", "offsets")] {
+        assert_eq!(columns(&a, schema, table).await, columns(&b, schema, table).await, "{schema}.{table}");
+    }
+}

@@ -202,3 +202,50 @@ async fn connection_killed_mid_batch_is_retried() {
     let source = source_database("sinks_target_kill_source").await;
     assert_mirrors_source(&source, &connect(&url).await, "public", false).await;
 }
+
+/// A column whose type changes to one PostgreSQL cannot widen in place is a
+/// clear, non-retriable error naming the table and column.
+#[tokio::test]
+async fn incompatible_type_change_is_a_clear_error() {
+    let url = fresh_database("sinks_target_types").await;
+    let record = |offset: i64, ty: &str, value: &str| {
+        let json = format!(
+            r#"{{"schema":{{"type":"struct","fields":[{{"type":"struct","optional":true,"field":"after","fields":[
+                {{"type":"int32","optional":false,"field":"id"}},{{"type":"{ty}","optional":true,"field":"v"}}]}}],"optional":false}},
+               "payload":{{"before":null,"after":{{"id":1,"v":{value}}},
+               "source":{{"schema":"public","table":"t","lsn":{offset},"txId":1}},"op":"c"}}}}"#
+        );
+        let key = r#"{"id":1}"#;
+        let raw = RawRecord {
+            topic: "cdc.public.t",
+            partition: 0,
+            offset,
+            key: Some(key.as_bytes()),
+            value: Some(json.as_bytes()),
+        };
+        // A fresh decoder each time: the decoder's own check would stop it first.
+        Decoder::new().decode(raw).unwrap()
+    };
+    let mut target = sink(&url);
+    target.apply(&Batch::from_records([record(1, "int32", "5")])).await.unwrap();
+    target.apply(&Batch::from_records([record(2, "int64", "5000000000")])).await.expect("int -> bigint widens");
+    let err = target.apply(&Batch::from_records([record(3, "boolean", "true")])).await.unwrap_err();
+    assert!(!err.is_retriable());
+    let message = err.to_string();
+    assert!(message.contains("column v of public.t is bigint") && message.contains("boolean"), "{message}");
+}
+
+/// init-scripts/target-init.sql creates what the sink expects.
+#[tokio::test]
+async fn init_script_prepares_the_target() {
+    let url = fresh_database("sinks_target_init").await;
+    let db = connect(&url).await;
+    let script = std::fs::read_to_string(cdc_core::testing::repo_root().join("init-scripts/target-init.sql")).unwrap();
+    db.batch_execute(&script).await.unwrap();
+    let records = fixture_records("schemas");
+    let mut target = sink(&url);
+    assert!(target.durable_offsets().await.unwrap().is_empty());
+    target.apply(&batches(&records, 1000)[0]).await.unwrap();
+    let offsets: i64 = db.query_one("SELECT count(*) FROM cdc_meta.offsets", &[]).await.unwrap().get(0);
+    assert!(offsets >= 4, "one row per topic-partition");
+}

@@ -1,0 +1,208 @@
+//! Applying batches of 10k mixed changes (60% updates of existing rows, 20%
+//! inserts, 20% deletes) to a PostgreSQL target table of 1M rows: the
+//! PgTargetSink (binary COPY + set-based statements, one transaction) against
+//! per-row `INSERT ... ON CONFLICT` / `DELETE` statements in one transaction.
+//!
+//!   cargo bench --bench pg_apply
+//!
+//! Uses the PostgreSQL at CDC_TEST_PG_URL, or starts a throwaway cluster with
+//! scripts/pg-cluster.sh (installing Debian's PostgreSQL if needed).
+use std::process::Command;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use cdc_lakehouse::core::{Batch, Decoder, RawRecord, Sink};
+use cdc_lakehouse::sinks::{PgConnectionConfig, PgTargetSink};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use tokio::runtime::Runtime;
+use tokio_postgres::{Client, NoTls};
+
+const TABLE_ROWS: i64 = 1_000_000;
+const BATCH: usize = 10_000;
+
+const SCHEMA: &str = r#"{"type":"struct","fields":[{"type":"struct","optional":true,"field":"before","fields":[{"type":"int64","optional":false,"field":"id"},{"type":"string","optional":true,"field":"name","parameters":{"__debezium.source.column.type":"VARCHAR","__debezium.source.column.length":"100"}},{"type":"bytes","optional":true,"name":"org.apache.kafka.connect.data.Decimal","parameters":{"scale":"2","connect.decimal.precision":"10"},"field":"price"},{"type":"int32","optional":true,"field":"quantity"},{"type":"int64","optional":true,"name":"io.debezium.time.MicroTimestamp","field":"updated_at"}]},{"type":"struct","optional":true,"field":"after","fields":[{"type":"int64","optional":false,"field":"id"},{"type":"string","optional":true,"field":"name","parameters":{"__debezium.source.column.type":"VARCHAR","__debezium.source.column.length":"100"}},{"type":"bytes","optional":true,"name":"org.apache.kafka.connect.data.Decimal","parameters":{"scale":"2","connect.decimal.precision":"10"},"field":"price"},{"type":"int32","optional":true,"field":"quantity"},{"type":"int64","optional":true,"name":"io.debezium.time.MicroTimestamp","field":"updated_at"}]},{"type":"struct","optional":false,"field":"source","fields":[]},{"type":"string","optional":false,"field":"op"}],"optional":false,"name":"cdc.public.bench_items.Envelope"}"#;
+
+static LSN: AtomicI64 = AtomicI64::new(1_000_000);
+static OFFSET: AtomicI64 = AtomicI64::new(0);
+
+fn database_url() -> (String, Option<String>) {
+    if let Ok(url) = std::env::var("CDC_TEST_PG_URL") {
+        return (url, None);
+    }
+    let dir = std::env::temp_dir().join(format!("cdc-bench-pg-{}", std::process::id()));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-cluster.sh");
+    let out = Command::new("bash").arg(script).arg("start").arg(&dir).output().expect("scripts/pg-cluster.sh");
+    assert!(out.status.success(), "starting PostgreSQL failed: {}", String::from_utf8_lossy(&out.stderr));
+    (String::from_utf8(out.stdout).unwrap().trim().to_owned(), Some(dir.display().to_string()))
+}
+
+fn price(cents: i64) -> String {
+    use base64::Engine as _;
+    let bytes = cents.to_be_bytes();
+    let skip = bytes.iter().take_while(|&&b| b == 0).count().min(6);
+    base64::engine::general_purpose::STANDARD.encode(&bytes[skip..])
+}
+
+/// A batch of mixed changes with fresh offsets and order keys.
+fn mixed_batch(decoder: &mut Decoder, next_new_id: &mut i64, round: u64) -> Batch {
+    let mut records = Vec::with_capacity(BATCH);
+    for i in 0..BATCH {
+        let lsn = LSN.fetch_add(8, Ordering::Relaxed);
+        let offset = OFFSET.fetch_add(1, Ordering::Relaxed);
+        let existing = (i as i64 * 97 + round as i64 * 7919) % TABLE_ROWS + 1;
+        let (op, id) = match i % 5 {
+            0 => ("d", existing),
+            1 => {
+                *next_new_id += 1;
+                ("c", *next_new_id)
+            }
+            _ => ("u", existing),
+        };
+        let row = format!(
+            r#"{{"id":{id},"name":"item {id} r{round}","price":"{}","quantity":{},"updated_at":{}}}"#,
+            price(id % 100_000 + round as i64),
+            i % 50,
+            1_700_000_000_000_000 + lsn
+        );
+        let (before, after) =
+            if op == "d" { (format!(r#"{{"id":{id}}}"#), "null".to_string()) } else { ("null".into(), row) };
+        let value = format!(
+            r#"{{"schema":{SCHEMA},"payload":{{"before":{before},"after":{after},"source":{{"schema":"public","table":"bench_items","lsn":{lsn},"txId":{round},"sequence":"[\"{lsn}\",\"{lsn}\"]"}},"op":"{op}"}}}}"#
+        );
+        let key = format!(r#"{{"id":{id}}}"#);
+        let raw = RawRecord {
+            topic: "cdc.public.bench_items",
+            partition: 0,
+            offset,
+            key: Some(key.as_bytes()),
+            value: Some(value.as_bytes()),
+        };
+        records.push(decoder.decode(raw).expect("bench record"));
+    }
+    Batch::from_records(records)
+}
+
+async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// Creates the table through the sink (so it has the sink's layout), then
+/// fills it to TABLE_ROWS rows with one INSERT ... SELECT.
+async fn prepare(url: &str, table_schema: &str, decoder: &mut Decoder) -> PgTargetSink {
+    let admin = connect(url).await;
+    admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {table_schema} CASCADE")).await.unwrap();
+    let mut config = PgConnectionConfig::new(url);
+    config.consumer = table_schema.into();
+    let mut sink = PgTargetSink::new(config).with_schema(table_schema);
+    let mut id = TABLE_ROWS;
+    let seed = mixed_batch(decoder, &mut id, 0);
+    let first = Batch { events: seed.events[1..2].to_vec(), offsets: seed.offsets.clone() };
+    sink.apply(&first).await.unwrap();
+    admin
+        .batch_execute(&format!(
+            "TRUNCATE {table_schema}.bench_items; \
+             INSERT INTO {table_schema}.bench_items (id, name, price, quantity, updated_at, _cdc_op, _cdc_order) \
+             SELECT g, 'item ' || g, (g % 100000) / 100.0, g % 50, now(), 'r', lpad('0', 48, '0') \
+             FROM generate_series(1, {TABLE_ROWS}) g; ANALYZE {table_schema}.bench_items"
+        ))
+        .await
+        .unwrap();
+    sink
+}
+
+/// The baseline: one statement per event, in one transaction.
+async fn apply_per_row(client: &mut Client, table: &str, batch: &Batch) {
+    let tx = client.transaction().await.unwrap();
+    let upsert = tx
+        .prepare(&format!(
+            "INSERT INTO {table} (id, name, price, quantity, updated_at, _cdc_op, _cdc_order, _cdc_synced_at) \
+             VALUES ($1, $2, $3::text::numeric, $4, to_timestamp($5::double precision / 1e6), $6, $7, now()) \
+             ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, price = EXCLUDED.price, quantity = EXCLUDED.quantity, \
+             updated_at = EXCLUDED.updated_at, _cdc_op = EXCLUDED._cdc_op, _cdc_order = EXCLUDED._cdc_order, \
+             _cdc_synced_at = now() WHERE {table}._cdc_order < EXCLUDED._cdc_order"
+        ))
+        .await
+        .unwrap();
+    let delete = tx.prepare(&format!("DELETE FROM {table} WHERE id = $1 AND _cdc_order < $2")).await.unwrap();
+    use cdc_lakehouse::core::Value;
+    for event in &batch.events {
+        let order = event.order.to_hex();
+        let id = match &event.key.as_ref().unwrap()[0] {
+            Value::Int(i) => *i,
+            _ => unreachable!(),
+        };
+        match &event.after {
+            None => {
+                tx.execute(&delete, &[&id, &order]).await.unwrap();
+            }
+            Some(row) => {
+                let name = match &row[1] {
+                    Value::String(s) => s.to_string(),
+                    _ => unreachable!(),
+                };
+                let price = match &row[2] {
+                    Value::Decimal(d) => d.to_string(),
+                    _ => unreachable!(),
+                };
+                let quantity = match row[3] {
+                    Value::Int(q) => q as i32,
+                    _ => unreachable!(),
+                };
+                let updated = match row[4] {
+                    Value::Timestamp(t) => t as f64,
+                    _ => unreachable!(),
+                };
+                tx.execute(&upsert, &[&id, &name, &price, &quantity, &updated, &event.op.code(), &order])
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    tx.commit().await.unwrap();
+}
+
+fn pg_apply(c: &mut Criterion) {
+    let rt = Runtime::new().unwrap();
+    let (url, cluster) = database_url();
+    let mut decoder = Decoder::new();
+    let mut group = c.benchmark_group("pg_apply_10k_mixed_into_1m_rows");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(BATCH as u64));
+
+    let mut sink = rt.block_on(prepare(&url, "bench_sink", &mut decoder));
+    let mut next_id = 2 * TABLE_ROWS;
+    let mut round = 0;
+    group.bench_function("pg_target_sink_copy_set_based", |b| {
+        b.iter_batched(
+            || {
+                round += 1;
+                mixed_batch(&mut decoder, &mut next_id, round)
+            },
+            |batch| rt.block_on(sink.apply(&batch)).unwrap(),
+            BatchSize::PerIteration,
+        )
+    });
+
+    rt.block_on(prepare(&url, "bench_per_row", &mut decoder));
+    let mut client = rt.block_on(connect(&url));
+    let mut next_id = 2 * TABLE_ROWS;
+    group.bench_function("baseline_per_row_statements", |b| {
+        b.iter_batched(
+            || {
+                round += 1;
+                mixed_batch(&mut decoder, &mut next_id, round)
+            },
+            |batch| rt.block_on(apply_per_row(&mut client, "bench_per_row.bench_items", &batch)),
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+    if let Some(dir) = cluster {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-cluster.sh");
+        let _ = Command::new("bash").arg(script).arg("stop").arg(&dir).status();
+    }
+}
+
+criterion_group!(benches, pg_apply);
+criterion_main!(benches);
