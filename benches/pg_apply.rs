@@ -91,7 +91,16 @@ async fn connect(url: &str) -> Client {
 /// fills it to TABLE_ROWS rows with one INSERT ... SELECT.
 async fn prepare(url: &str, table_schema: &str, decoder: &mut Decoder) -> PgTargetSink {
     let admin = connect(url).await;
-    admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {table_schema} CASCADE")).await.unwrap();
+    // A fresh table, and no offsets from an earlier run (they would make the sink skip everything).
+    admin
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {table_schema} CASCADE; CREATE SCHEMA IF NOT EXISTS cdc_meta; \
+             CREATE TABLE IF NOT EXISTS cdc_meta.offsets (consumer text, topic text, kafka_partition int, \
+             kafka_offset bigint, updated_at timestamptz DEFAULT now(), PRIMARY KEY (consumer, topic, kafka_partition)); \
+             DELETE FROM cdc_meta.offsets WHERE consumer = '{table_schema}'"
+        ))
+        .await
+        .unwrap();
     let mut config = PgConnectionConfig::new(url);
     config.consumer = table_schema.into();
     let mut sink = PgTargetSink::new(config).with_schema(table_schema);
