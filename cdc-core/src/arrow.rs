@@ -139,8 +139,20 @@ pub fn metadata_fields() -> Vec<ArrowField> {
 /// A delete contributes its before-image. Truncate events carry no row and
 /// are left out: sinks apply them between row batches.
 pub fn to_record_batch(table: &str, schema: &TableSchema, events: &[&ChangeEvent]) -> Result<RecordBatch> {
-    let events: Vec<&ChangeEvent> = events.iter().copied().filter(|e| e.op != Op::Truncate).collect();
-    let images: Vec<Option<&Vec<Value>>> = events.iter().map(|e| e.image()).collect();
+    let rows: Vec<(&ChangeEvent, Option<&[Value]>)> =
+        events.iter().filter(|e| e.op != Op::Truncate).map(|e| (*e, e.image().map(Vec::as_slice))).collect();
+    rows_to_record_batch(table, schema, &rows)
+}
+
+/// Like [`to_record_batch`], with the row image of each event given: for
+/// example the TOAST-filled image of a [`RowChange`](crate::RowChange).
+pub fn rows_to_record_batch(
+    table: &str,
+    schema: &TableSchema,
+    rows: &[(&ChangeEvent, Option<&[Value]>)],
+) -> Result<RecordBatch> {
+    let events: Vec<&ChangeEvent> = rows.iter().map(|(e, _)| *e).collect();
+    let images: Vec<Option<&[Value]>> = rows.iter().map(|(_, image)| *image).collect();
     let mut fields = Vec::with_capacity(schema.fields().len() + 9);
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(fields.capacity());
     let mut unavailable: Vec<Vec<&str>> = vec![Vec::new(); events.len()];

@@ -4,8 +4,10 @@
 //! | feature | sinks |
 //! |---|---|
 //! | `postgres` | [`PgTargetSink`] (mirror of the source tables), [`PgDatalakeSink`] (raw events + processed state) |
-//! | `delta` | Delta Lake current-state tables and the `cdc_events` history table |
+//! | `delta` | [`DeltaSink`](delta::DeltaSink): Delta Lake current-state tables and the `cdc_events` history table; time travel and maintenance |
 
+#[cfg(feature = "delta")]
+pub mod delta;
 #[cfg(feature = "postgres")]
 mod pg_common;
 #[cfg(feature = "postgres")]
@@ -19,3 +21,5 @@ pub use pg_common::{PgConnectionConfig, PgUrl, pg_type, quote_ident};
 pub use pg_datalake::{DATALAKE_DDL, PgDatalakeSink};
 #[cfg(feature = "postgres")]
 pub use pg_target::PgTargetSink;
+#[cfg(feature = "delta")]
+pub use delta::{DeltaConfig, DeltaSink};

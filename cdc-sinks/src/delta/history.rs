@@ -1,0 +1,131 @@
+//! The append-only `cdc_events` table: every change event with its raw JSON,
+//! partitioned by source table and event date, so any row's history can be
+//! queried.
+
+use std::sync::Arc;
+
+use cdc_core::{Batch, ChangeEvent, Error, Result};
+use deltalake::arrow::array::{
+    ArrayRef, Date32Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use deltalake::operations::write::SchemaMode;
+use deltalake::protocol::SaveMode;
+
+use super::{DeltaConfig, NAME, TableState, commit_properties, delta_error, open_state};
+
+/// The history table's name under the root.
+pub const TABLE: &str = "cdc_events";
+
+/// The history table, opened on first use.
+pub(super) async fn state<'a>(config: &DeltaConfig, slot: &'a mut Option<TableState>) -> Result<&'a mut TableState> {
+    if slot.is_none() {
+        *slot = Some(open_state(config, TABLE).await?);
+    }
+    Ok(slot.as_mut().expect("opened above"))
+}
+
+/// Appends the batch's events the history table does not hold yet, with the
+/// batch's offsets (all partitions, heartbeats included) in the same commit.
+pub(super) async fn append(config: &DeltaConfig, slot: &mut Option<TableState>, batch: &Batch) -> Result<()> {
+    let state = state(config, slot).await?;
+    let events: Vec<&ChangeEvent> = batch.events.iter().filter(|e| !state.held.holds(&e.position)).collect();
+    if events.is_empty() {
+        return Ok(());
+    }
+    let rows = to_batch(&events)?;
+    let mut cumulative = state.held.clone();
+    cumulative.merge(&batch.offsets);
+    let properties = commit_properties(config, &batch.offsets, &cumulative);
+    let creating = state.table.version().is_none();
+    let mut builder = state
+        .table
+        .clone()
+        .write(vec![rows])
+        .with_save_mode(SaveMode::Append)
+        .with_schema_mode(SchemaMode::Merge)
+        .with_commit_properties(properties);
+    if creating {
+        builder = builder.with_partition_columns(["source_table", "event_date"]).with_configuration([(
+            deltalake::TableProperty::CheckpointInterval.as_ref(),
+            Some(config.checkpoint_interval.to_string()),
+        )]);
+    }
+    match builder.await {
+        Ok(table) => {
+            state.table = table;
+            state.held = cumulative;
+            Ok(())
+        }
+        Err(e) => {
+            *slot = None; // re-read before the retry
+            Err(delta_error(&e))
+        }
+    }
+}
+
+fn to_batch(events: &[&ChangeEvent]) -> Result<RecordBatch> {
+    let raw = |e: &ChangeEvent| {
+        e.raw.clone().ok_or_else(|| Error::Sink {
+            sink: NAME.into(),
+            message: format!(
+                "record {} has no raw JSON: decode with Decoder::keep_raw_json(true) for the cdc_events table",
+                e.position
+            ),
+            retriable: false,
+        })
+    };
+    let raws = events.iter().map(|e| raw(e)).collect::<Result<Vec<_>>>()?;
+    let now = chrono::Utc::now().timestamp_micros();
+    let event_ts: Vec<Option<i64>> = events.iter().map(|e| e.source.ts_micros()).collect();
+    let event_date: Vec<Option<i32>> = event_ts
+        .iter()
+        .map(|ts| Some(ts.unwrap_or(now).div_euclid(86_400_000_000) as i32))
+        .collect();
+    let utc = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let schema = Schema::new(vec![
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("kafka_partition", DataType::Int32, false),
+        Field::new("kafka_offset", DataType::Int64, false),
+        Field::new("source_schema", DataType::Utf8, false),
+        Field::new("source_table", DataType::Utf8, false),
+        Field::new("op", DataType::Utf8, false),
+        Field::new("record_key", DataType::Utf8, true),
+        Field::new("before", DataType::Utf8, true),
+        Field::new("after", DataType::Utf8, true),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("tx_id", DataType::Int64, true),
+        Field::new("lsn", DataType::Int64, true),
+        Field::new("order_key", DataType::Utf8, false),
+        Field::new("event_ts", utc(), true),
+        Field::new("ingested_at", utc(), false),
+        Field::new("event_date", DataType::Date32, false),
+    ]);
+    let strings = |f: &dyn Fn(usize) -> Option<String>| -> ArrayRef {
+        Arc::new((0..events.len()).map(f).collect::<StringArray>())
+    };
+    let columns: Vec<ArrayRef> = vec![
+        strings(&|i| Some(events[i].position.topic.to_string())),
+        Arc::new(events.iter().map(|e| e.position.partition).collect::<Int32Array>()),
+        Arc::new(events.iter().map(|e| e.position.offset).collect::<Int64Array>()),
+        strings(&|i| Some(events[i].source.schema.clone())),
+        strings(&|i| Some(events[i].source.table.clone())),
+        strings(&|i| Some(events[i].op.code().to_owned())),
+        strings(&|i| raws[i].key.as_deref().map(str::to_owned)),
+        strings(&|i| raws[i].before.as_deref().map(str::to_owned)),
+        strings(&|i| raws[i].after.as_deref().map(str::to_owned)),
+        strings(&|i| Some(raws[i].source.to_string())),
+        Arc::new(events.iter().map(|e| e.source.tx_id).collect::<Int64Array>()),
+        Arc::new(events.iter().map(|e| e.source.lsn).collect::<Int64Array>()),
+        strings(&|i| Some(events[i].order.to_hex())),
+        Arc::new(TimestampMicrosecondArray::from(event_ts).with_timezone("UTC")),
+        Arc::new(TimestampMicrosecondArray::from(vec![now; events.len()]).with_timezone("UTC")),
+        Arc::new(Date32Array::from(event_date)),
+    ];
+    RecordBatch::try_new(Arc::new(schema), columns).map_err(|e| Error::Sink {
+        sink: NAME.into(),
+        message: e.to_string(),
+        retriable: false,
+    })
+}
+

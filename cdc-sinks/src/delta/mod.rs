@@ -1,0 +1,494 @@
+//! The Delta Lake sink: one current-state table per source table, plus the
+//! append-only `cdc_events` history table; offsets stored in the same commit
+//! as the data (Delta `txn` actions), so a restart resumes exactly once.
+//!
+//! All deltalake calls of the workspace live in this folder: the deltalake
+//! API moves fast, and one folder absorbs a version bump.
+
+mod convert;
+mod history;
+pub mod maintenance;
+pub mod time_travel;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cdc_core::{Batch, ChangeEvent, Error, Offsets, Op, Result, RowChange, Sink, TableChange, Value};
+use deltalake::arrow::array::RecordBatch;
+use deltalake::datafusion::prelude::SessionContext;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::Transaction;
+use deltalake::operations::write::SchemaMode;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableError};
+use futures::TryStreamExt;
+use serde::Deserialize;
+
+pub use deltalake;
+
+const NAME: &str = "delta";
+/// Commit metadata key holding every offset the table holds (cumulative),
+/// so a restart can enumerate the `txn` app ids to read back.
+const OFFSETS_METADATA: &str = "cdc.offsets";
+/// How many commits back a restart looks for the offsets metadata (past
+/// maintenance commits).
+const OFFSETS_LOOKBACK: usize = 1000;
+
+/// Where and how the Delta tables are written.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaConfig {
+    /// Root of the tables: a local path or an object-store URL (`s3://`,
+    /// `az://`, `gs://` need deltalake's storage features).
+    pub root: String,
+    /// Table name template: `{table}` (default) or, when several source
+    /// schemas are captured, `{schema}_{table}`.
+    #[serde(default = "default_naming")]
+    pub table_name: String,
+    /// Keep deleted rows flagged (`_cdc_deleted = true`) instead of removing them.
+    #[serde(default)]
+    pub soft_delete: bool,
+    /// Write every event to the append-only `cdc_events` table.
+    #[serde(default = "default_true")]
+    pub history: bool,
+    /// Names this consumer's `txn` app ids, so several pipelines can write one table.
+    #[serde(default = "default_consumer")]
+    pub consumer: String,
+    /// Create a checkpoint every this many commits (`delta.checkpointInterval`).
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: u64,
+    /// Attempts for a commit that fails with a retriable error (a concurrent
+    /// writer, an object-store hiccup) before giving up.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Storage options passed to deltalake (credentials, endpoints).
+    #[serde(default)]
+    pub storage_options: HashMap<String, String>,
+}
+
+fn default_naming() -> String {
+    "{table}".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_consumer() -> String {
+    "cdc-lakehouse".into()
+}
+fn default_checkpoint_interval() -> u64 {
+    10
+}
+fn default_attempts() -> u32 {
+    6
+}
+
+impl DeltaConfig {
+    pub fn new(root: impl Into<String>) -> DeltaConfig {
+        DeltaConfig {
+            root: root.into(),
+            table_name: default_naming(),
+            soft_delete: false,
+            history: true,
+            consumer: default_consumer(),
+            checkpoint_interval: default_checkpoint_interval(),
+            max_attempts: default_attempts(),
+            storage_options: HashMap::new(),
+        }
+    }
+
+    /// The Delta table name of a source table.
+    pub fn table_name(&self, schema: &str, table: &str) -> String {
+        self.table_name.replace("{schema}", schema).replace("{table}", table)
+    }
+
+    /// The URL of a table under the root.
+    pub fn table_url(&self, name: &str) -> Result<url::Url> {
+        let root = self.root.trim_end_matches('/');
+        deltalake::ensure_table_uri(format!("{root}/{name}")).map_err(|e| delta_error(&e))
+    }
+
+    fn app_id(&self, topic: &str, partition: i32) -> String {
+        format!("{}:{topic}:{partition}", self.consumer)
+    }
+}
+
+/// Applies batches to Delta tables; see the module docs.
+///
+/// Per batch and source table: the events are collapsed to the newest change
+/// per key, converted to Arrow, and applied with one MERGE (upserts that never
+/// overwrite a newer row, deletes, unchanged-TOAST columns kept) whose target
+/// predicate prunes files to the batch's key range; a batch that cannot touch
+/// existing rows (a new table, or keys above every stored key) is appended
+/// instead. Truncate empties the table in its own commit. Every commit carries
+/// `txn` actions with the last offset per topic-partition it makes durable.
+pub struct DeltaSink {
+    config: DeltaConfig,
+    tables: HashMap<String, TableState>,
+    history: Option<TableState>,
+}
+
+/// An open table and the offsets it durably holds.
+struct TableState {
+    table: DeltaTable,
+    held: Offsets,
+}
+
+impl DeltaSink {
+    pub fn new(config: DeltaConfig) -> DeltaSink {
+        DeltaSink { config, tables: HashMap::new(), history: None }
+    }
+
+    pub fn config(&self) -> &DeltaConfig {
+        &self.config
+    }
+
+    /// The latest version of each table this sink has written or opened.
+    pub fn versions(&self) -> BTreeMap<String, u64> {
+        self.tables.iter().filter_map(|(name, state)| Some((name.clone(), state.table.version()?))).collect()
+    }
+
+    async fn state(&mut self, name: &str) -> Result<&mut TableState> {
+        if !self.tables.contains_key(name) {
+            let state = open_state(&self.config, name).await?;
+            self.tables.insert(name.to_owned(), state);
+        }
+        Ok(self.tables.get_mut(name).expect("inserted above"))
+    }
+
+    async fn apply_table(&mut self, name: &str, events: &[&ChangeEvent], batch_offsets: &Offsets) -> Result<()> {
+        let config = self.config.clone();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let state = self.state(name).await?;
+            let pending: Vec<&ChangeEvent> = events.iter().copied().filter(|e| !state.held.holds(&e.position)).collect();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            match apply_events(&config, name, state, &pending, batch_offsets).await {
+                Ok(()) => return Ok(()),
+                Err(error) if error.is_retriable() && attempt < config.max_attempts => {
+                    // Another writer (or maintenance) committed first, or the
+                    // store hiccuped: re-read the table, then retry what it
+                    // does not hold yet.
+                    tracing::warn!(table = name, %error, attempt, "retrying the Delta commit");
+                    self.tables.remove(name);
+                    tokio::time::sleep(Duration::from_millis(100 << attempt.min(8))).await;
+                }
+                Err(error) => {
+                    self.tables.remove(name);
+                    return Err(error);
+                }
+            }
+        }
+    }
+}
+
+async fn open_state(config: &DeltaConfig, name: &str) -> Result<TableState> {
+    let url = config.table_url(name)?;
+    let table = DeltaTable::try_from_url_with_storage_options(url, config.storage_options.clone())
+        .await
+        .map_err(|e| delta_error(&e))?;
+    let held = read_offsets(config, &table).await?;
+    Ok(TableState { table, held })
+}
+
+/// The offsets a table holds: the app ids listed in its newest commit's
+/// metadata, read back from the `txn` actions.
+async fn read_offsets(config: &DeltaConfig, table: &DeltaTable) -> Result<Offsets> {
+    let mut offsets = Offsets::new();
+    if table.version().is_none() {
+        return Ok(offsets);
+    }
+    let infos: Vec<_> = table.history(Some(OFFSETS_LOOKBACK)).try_collect().await.map_err(|e| delta_error(&e))?;
+    let Some(listed) = infos.iter().find_map(|info| info.info.get(OFFSETS_METADATA)) else {
+        return Ok(offsets);
+    };
+    let listed: Vec<(String, i32, i64)> = serde_json::from_value(listed.clone()).map_err(|e| Error::Sink {
+        sink: NAME.into(),
+        message: format!("commit metadata {OFFSETS_METADATA} is not readable: {e}"),
+        retriable: false,
+    })?;
+    let snapshot = table.snapshot().map_err(|e| delta_error(&e))?;
+    for (topic, partition, _) in listed {
+        let version = snapshot
+            .transaction_version(table.log_store().as_ref(), config.app_id(&topic, partition))
+            .await
+            .map_err(|e| delta_error(&e))?;
+        if let Some(version) = version {
+            offsets.set(Arc::from(topic), partition, version);
+        }
+    }
+    Ok(offsets)
+}
+
+/// Commit properties making `offsets` durable with the data: `txn` actions
+/// for the partitions of this commit, and the table's cumulative offsets as
+/// metadata.
+fn commit_properties(config: &DeltaConfig, this_commit: &Offsets, cumulative: &Offsets) -> CommitProperties {
+    let txns: Vec<Transaction> = this_commit
+        .iter()
+        .map(|(topic, partition, offset)| {
+            Transaction::new_with_last_update(
+                config.app_id(topic, partition),
+                offset,
+                Some(chrono::Utc::now().timestamp_millis()),
+            )
+        })
+        .collect();
+    let listed: Vec<(String, i32, i64)> = cumulative.iter().map(|(t, p, o)| (t.to_owned(), p, o)).collect();
+    CommitProperties::default()
+        .with_application_transactions(txns)
+        .with_metadata([(OFFSETS_METADATA.to_owned(), serde_json::json!(listed))])
+}
+
+/// Applies one table's pending events: truncates in their own commits, runs
+/// of rows in one MERGE or append each.
+async fn apply_events(
+    config: &DeltaConfig,
+    name: &str,
+    state: &mut TableState,
+    events: &[&ChangeEvent],
+    batch_offsets: &Offsets,
+) -> Result<()> {
+    // Runs of rows between truncates, and each truncate on its own.
+    let mut segments = Vec::new();
+    let mut start = 0;
+    for (i, event) in events.iter().enumerate() {
+        if event.op == Op::Truncate {
+            if start < i {
+                segments.push(start..i);
+            }
+            segments.push(i..i + 1);
+            start = i + 1;
+        }
+    }
+    if start < events.len() {
+        segments.push(start..events.len());
+    }
+    let last = segments.len() - 1;
+    for (n, segment) in segments.into_iter().enumerate() {
+        // This commit makes durable everything of the table up to the end of
+        // the segment; the last one also the batch's trailing records
+        // (tombstones) of the same partitions.
+        let mut this_commit = Offsets::new();
+        for event in &events[..segment.end] {
+            this_commit.advance(&event.position);
+        }
+        if n == last {
+            for (topic, partition, offset) in batch_offsets.iter() {
+                if this_commit.get(topic, partition).is_some() {
+                    this_commit.set(Arc::from(topic), partition, offset);
+                }
+            }
+        }
+        let mut cumulative = state.held.clone();
+        cumulative.merge(&this_commit);
+        let properties = commit_properties(config, &this_commit, &cumulative);
+        let table = state.table.clone();
+        let events = &events[segment];
+        let table = if events[0].op == Op::Truncate {
+            truncate(table, properties).await?
+        } else {
+            match cdc_core::collapse(events).pop() {
+                Some(TableChange::Rows(rows)) => apply_rows(config, name, table, &rows, properties).await?,
+                _ => table,
+            }
+        };
+        state.table = table;
+        state.held = cumulative;
+    }
+    Ok(())
+}
+
+async fn truncate(table: DeltaTable, properties: CommitProperties) -> Result<DeltaTable> {
+    if table.version().is_none() {
+        return Ok(table);
+    }
+    let (table, _) = table.delete().with_commit_properties(properties).await.map_err(|e| delta_error(&e))?;
+    Ok(table)
+}
+
+/// Writes one run of collapsed row changes.
+async fn apply_rows(
+    config: &DeltaConfig,
+    name: &str,
+    table: DeltaTable,
+    rows: &[RowChange<'_>],
+    properties: CommitProperties,
+) -> Result<DeltaTable> {
+    let newest = rows.iter().map(|r| r.event).max_by_key(|e| e.order).expect("non-empty run");
+    let images: Vec<(&ChangeEvent, Option<&[Value]>)> = rows
+        .iter()
+        .map(|r| (r.event, r.after.as_deref().map(Vec::as_slice).or(r.event.before.as_deref())))
+        .collect();
+    let batch = cdc_core::arrow::rows_to_record_batch(name, &newest.schema, &images)?;
+    let key: Vec<String> = newest.schema.key_names().map(str::to_owned).collect();
+    if key.is_empty() {
+        return Err(Error::Sink {
+            sink: NAME.into(),
+            message: format!("table {name} has no primary key: Debezium sent no record key"),
+            retriable: false,
+        });
+    }
+    let existing = convert::table_schema(&table)?;
+    let source = convert::for_delta(name, &batch, existing.as_ref(), config.soft_delete)?;
+    let source = convert::sort_by_key(&source, &key)?;
+    let has_rows = table.version().is_some() && convert::has_files(&table)?;
+    let deletes = rows.iter().any(RowChange::is_delete);
+    let fast_path = !has_rows
+        || (!deletes
+            && rows.iter().all(|r| matches!(r.event.op, Op::Create | Op::Read))
+            && convert::keys_above_table(&table, &key, &source)?);
+    if fast_path {
+        let inserts = convert::without_deletes(&source)?;
+        return append(config, table, inserts, properties).await;
+    }
+    merge(config, table, source, &key, rows, properties).await
+}
+
+async fn append(
+    config: &DeltaConfig,
+    table: DeltaTable,
+    batch: RecordBatch,
+    properties: CommitProperties,
+) -> Result<DeltaTable> {
+    let creating = table.version().is_none();
+    let mut builder = table
+        .write(vec![batch])
+        .with_save_mode(SaveMode::Append)
+        .with_schema_mode(SchemaMode::Merge)
+        .with_commit_properties(properties);
+    if creating {
+        builder = builder.with_configuration([(
+            deltalake::TableProperty::CheckpointInterval.as_ref(),
+            Some(config.checkpoint_interval.to_string()),
+        )]);
+    }
+    builder.await.map_err(|e| delta_error(&e))
+}
+
+/// One MERGE for a run of changes: upsert where the source is newer, delete
+/// (or flag) where the source is a newer delete, insert new keys.
+async fn merge(
+    config: &DeltaConfig,
+    table: DeltaTable,
+    source: RecordBatch,
+    key: &[String],
+    rows: &[RowChange<'_>],
+    properties: CommitProperties,
+) -> Result<DeltaTable> {
+    let sql = convert::MergeSql::new(&source, key, rows, config.soft_delete)?;
+    let ctx = SessionContext::new();
+    let source_frame = ctx.read_batch(source).map_err(|e| df_error(&e))?;
+    let mut builder = table
+        .merge(source_frame, sql.predicate.clone())
+        .with_source_alias("source")
+        .with_target_alias("target")
+        .with_merge_schema(true)
+        .with_commit_properties(properties)
+        .when_matched_update(|update| {
+            sql.updates.iter().fold(update.predicate(sql.update_when.clone()), |u, (column, expr)| {
+                u.update(convert::column(column), expr.clone())
+            })
+        })
+        .map_err(|e| delta_error(&e))?;
+    builder = if config.soft_delete {
+        builder
+            .when_matched_update(|update| {
+                sql.soft_delete.iter().fold(update.predicate(sql.delete_when.clone()), |u, (column, expr)| {
+                    u.update(convert::column(column), expr.clone())
+                })
+            })
+            .map_err(|e| delta_error(&e))?
+    } else {
+        builder.when_matched_delete(|delete| delete.predicate(sql.delete_when.clone())).map_err(|e| delta_error(&e))?
+    };
+    let insert_when = if config.soft_delete { "true".to_owned() } else { sql.insert_when.clone() };
+    builder = builder
+        .when_not_matched_insert(|insert| {
+            sql.inserts.iter().fold(insert.predicate(insert_when.clone()), |i, (column, expr)| {
+                i.set(convert::column(column), expr.clone())
+            })
+        })
+        .map_err(|e| delta_error(&e))?;
+    let (table, metrics) = builder.await.map_err(|e| delta_error(&e))?;
+    tracing::debug!(
+        inserted = metrics.num_target_rows_inserted,
+        updated = metrics.num_target_rows_updated,
+        deleted = metrics.num_target_rows_deleted,
+        files_added = metrics.num_target_files_added,
+        files_removed = metrics.num_target_files_removed,
+        "merged"
+    );
+    Ok(table)
+}
+
+/// A sink error from a deltalake error: retriable for conflicts with
+/// concurrent commits and storage I/O; not for schema or data problems.
+pub(crate) fn delta_error(error: &DeltaTableError) -> Error {
+    let retriable = matches!(
+        error,
+        DeltaTableError::ObjectStore { .. }
+            | DeltaTableError::Io { .. }
+            | DeltaTableError::Transaction { .. }
+            | DeltaTableError::VersionAlreadyExists(_)
+    );
+    Error::Sink { sink: NAME.into(), message: error.to_string(), retriable }
+}
+
+pub(crate) fn df_error(error: &deltalake::datafusion::error::DataFusionError) -> Error {
+    Error::Sink { sink: NAME.into(), message: error.to_string(), retriable: false }
+}
+
+#[async_trait]
+impl Sink for DeltaSink {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    /// The offsets of every table under the root (and the history table):
+    /// per topic-partition the lowest any of them holds.
+    async fn durable_offsets(&mut self) -> Result<Offsets> {
+        let mut names = time_travel::list_tables(&self.config)?;
+        names.retain(|n| n != history::TABLE);
+        let mut per_partition: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut record = |offsets: &Offsets| {
+            for (topic, partition, offset) in offsets.iter() {
+                per_partition
+                    .entry((topic.to_owned(), partition))
+                    .and_modify(|o| *o = (*o).min(offset))
+                    .or_insert(offset);
+            }
+        };
+        for name in names {
+            let state = self.state(&name).await?;
+            record(&state.held);
+        }
+        if self.config.history {
+            let history = history::state(&self.config, &mut self.history).await?;
+            record(&history.held);
+        }
+        let mut offsets = Offsets::new();
+        for ((topic, partition), offset) in per_partition {
+            offsets.set(Arc::from(topic), partition, offset);
+        }
+        Ok(offsets)
+    }
+
+    async fn apply(&mut self, batch: &Batch) -> Result<()> {
+        let mut tables: BTreeMap<String, Vec<&ChangeEvent>> = BTreeMap::new();
+        for event in &batch.events {
+            tables.entry(self.config.table_name(&event.source.schema, &event.source.table)).or_default().push(event);
+        }
+        for (name, events) in &tables {
+            self.apply_table(name, events, &batch.offsets).await?;
+        }
+        if self.config.history {
+            history::append(&self.config, &mut self.history, batch).await?;
+        }
+        Ok(())
+    }
+}
