@@ -10,6 +10,12 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
+# The Delta tests read our tables with another Delta implementation.
+if ! python3 -c 'import deltalake, pyarrow' 2>/dev/null; then
+    echo "installing the Python deltalake reader (pip)..."
+    python3 -m pip install --quiet --disable-pip-version-check deltalake pyarrow
+fi
+
 pg_dir=$(mktemp -d /tmp/cdc-test-pg.XXXXXX)
 chmod 755 "$pg_dir"
 cleanup() { "$root/scripts/pg-cluster.sh" stop "$pg_dir"; rm -rf "$pg_dir"; }
@@ -19,12 +25,12 @@ export CDC_TEST_PG_URL
 echo "test PostgreSQL: $CDC_TEST_PG_URL (wal_level=logical)"
 
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 if cargo nextest --version >/dev/null 2>&1; then
     # Doc tests first: nextest's summary stays the last word.
-    cargo test --workspace --locked --doc "$@"
-    cargo nextest run --workspace --locked --no-fail-fast "$@"
+    cargo test --workspace --all-features --locked --doc "$@"
+    cargo nextest run --workspace --all-features --locked --no-fail-fast "$@"
 else
-    cargo test --workspace --locked --no-fail-fast "$@"
+    cargo test --workspace --all-features --locked --no-fail-fast "$@"
 fi

@@ -15,11 +15,11 @@ mod pg_datalake;
 #[cfg(feature = "postgres")]
 mod pg_target;
 
+#[cfg(feature = "delta")]
+pub use delta::{DeltaConfig, DeltaSink};
 #[cfg(feature = "postgres")]
 pub use pg_common::{PgConnectionConfig, PgUrl, pg_type, quote_ident};
 #[cfg(feature = "postgres")]
 pub use pg_datalake::{DATALAKE_DDL, PgDatalakeSink};
 #[cfg(feature = "postgres")]
 pub use pg_target::PgTargetSink;
-#[cfg(feature = "delta")]
-pub use delta::{DeltaConfig, DeltaSink};

@@ -13,7 +13,7 @@ use deltalake::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, RecordBatch, TimestampMicrosecondArray, new_null_array,
 };
 use deltalake::arrow::compute::{SortColumn, cast, filter_record_batch, lexsort_to_indices, take_record_batch};
-use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use deltalake::arrow::datatypes::{DataType, Date32Type, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType};
 use deltalake::datafusion::common::Column;
 
 use super::NAME;
@@ -50,7 +50,12 @@ pub fn has_files(table: &DeltaTable) -> Result<bool> {
 /// fits, and is otherwise an error naming table, column, old and new type.
 /// Adds `_cdc_applied_at` (and `_cdc_deleted`), keeps `_cdc_unavailable`
 /// for the MERGE (it is not stored).
-pub fn for_delta(table: &str, batch: &RecordBatch, existing: Option<&SchemaRef>, soft_delete: bool) -> Result<RecordBatch> {
+pub fn for_delta(
+    table: &str,
+    batch: &RecordBatch,
+    existing: Option<&SchemaRef>,
+    soft_delete: bool,
+) -> Result<RecordBatch> {
     let mut fields: Vec<Field> = Vec::new();
     let mut columns: Vec<ArrayRef> = Vec::new();
     for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
@@ -63,9 +68,7 @@ pub fn for_delta(table: &str, batch: &RecordBatch, existing: Option<&SchemaRef>,
         let target = match existing.and_then(|s| s.field_with_name(field.name()).ok()) {
             Some(stored) if stored.data_type() != &target && field.name() != UNAVAILABLE_COLUMN => {
                 let stored_type = stored.data_type().clone();
-                let cast_ok = cast(column, &stored_type)
-                    .ok()
-                    .filter(|c| c.null_count() == column.null_count());
+                let cast_ok = cast(column, &stored_type).ok().filter(|c| c.null_count() == column.null_count());
                 if cast_ok.is_none() {
                     return Err(sink_error(format!(
                         "column {} of Delta table {table} is {stored_type} but events now carry {target}, \
@@ -77,8 +80,12 @@ pub fn for_delta(table: &str, batch: &RecordBatch, existing: Option<&SchemaRef>,
             }
             _ => target,
         };
-        let converted =
-            if column.data_type() == &target { column.clone() } else { cast(column, &target).map_err(|e| sink_error(e.to_string()))? };
+        let converted = if column.data_type() == &target {
+            column.clone()
+        } else {
+            cast(column, &target).map_err(|e| sink_error(e.to_string()))?
+        };
+        let converted = clamp_infinities(converted);
         let mut new_field = Field::new(field.name(), target, true).with_metadata(field.metadata().clone());
         if let Some(logical) = logical {
             let mut metadata = field.metadata().clone();
@@ -115,6 +122,32 @@ pub fn for_delta(table: &str, batch: &RecordBatch, existing: Option<&SchemaRef>,
         columns.push(Arc::new(deleted));
     }
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| sink_error(e.to_string()))
+}
+
+/// Delta (like Spark) has no infinite dates or timestamps, and deltalake's
+/// statistics overflow on them: PostgreSQL's `infinity` / `-infinity` are
+/// stored as the last and first representable instants, 9999-12-31 and
+/// 0001-01-01.
+fn clamp_infinities(column: ArrayRef) -> ArrayRef {
+    const MAX_DAY: i32 = 2_932_896; // 9999-12-31
+    const MIN_DAY: i32 = -719_162; // 0001-01-01
+    const MAX_MICROS: i64 = 253_402_300_799_999_999; // 9999-12-31 23:59:59.999999
+    const MIN_MICROS: i64 = -62_135_596_800_000_000; // 0001-01-01 00:00:00
+    match column.data_type() {
+        DataType::Date32 => {
+            let days = column.as_primitive::<Date32Type>();
+            Arc::new(days.unary::<_, Date32Type>(|d| d.clamp(MIN_DAY, MAX_DAY)))
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, zone) => {
+            let micros = column.as_primitive::<TimestampMicrosecondType>();
+            Arc::new(
+                micros
+                    .unary::<_, TimestampMicrosecondType>(|t| t.clamp(MIN_MICROS, MAX_MICROS))
+                    .with_timezone_opt(zone.clone()),
+            )
+        }
+        _ => column,
+    }
 }
 
 /// Rows ordered by key: inserts land clustered, so later updates touch few files.
@@ -203,8 +236,7 @@ pub struct MergeSql {
 
 impl MergeSql {
     pub fn new(source: &RecordBatch, key: &[String], rows: &[RowChange<'_>], soft_delete: bool) -> Result<MergeSql> {
-        let mut predicate: Vec<String> =
-            key.iter().map(|k| format!("target.{k} = source.{k}", k = ident(k))).collect();
+        let mut predicate: Vec<String> = key.iter().map(|k| format!("target.{k} = source.{k}", k = ident(k))).collect();
         if let [single] = key {
             let column = source.column_by_name(single).expect("key column");
             if let (Some(min), Some(max)) = (min_int(column), max_int(column)) {
@@ -217,7 +249,11 @@ impl MergeSql {
             .iter()
             .filter_map(|r| r.after.as_ref().map(|after| (r, after)))
             .flat_map(|(r, after)| {
-                after.iter().zip(r.event.schema.fields()).filter(|(v, _)| v.is_unavailable()).map(|(_, f)| f.name.as_str())
+                after
+                    .iter()
+                    .zip(r.event.schema.fields())
+                    .filter(|(v, _)| v.is_unavailable())
+                    .map(|(_, f)| f.name.as_str())
             })
             .collect();
         let mut updates = Vec::new();
@@ -247,10 +283,21 @@ impl MergeSql {
         let order = format!("target.{o} < source.{o}", o = ident(ORDER_COLUMN));
         let op = ident(OP_COLUMN);
         let soft = if soft_delete {
-            [OP_COLUMN, ORDER_COLUMN, "_cdc_lsn", "_cdc_tx_id", "_cdc_source_ts", TOPIC_COLUMN, PARTITION_COLUMN, "_cdc_offset", APPLIED_AT_COLUMN, DELETED_COLUMN]
-                .iter()
-                .map(|c| ((*c).to_owned(), format!("source.{}", ident(c))))
-                .collect()
+            [
+                OP_COLUMN,
+                ORDER_COLUMN,
+                "_cdc_lsn",
+                "_cdc_tx_id",
+                "_cdc_source_ts",
+                TOPIC_COLUMN,
+                PARTITION_COLUMN,
+                "_cdc_offset",
+                APPLIED_AT_COLUMN,
+                DELETED_COLUMN,
+            ]
+            .iter()
+            .map(|c| ((*c).to_owned(), format!("source.{}", ident(c))))
+            .collect()
         } else {
             Vec::new()
         };

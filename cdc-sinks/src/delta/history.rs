@@ -78,10 +78,8 @@ fn to_batch(events: &[&ChangeEvent]) -> Result<RecordBatch> {
     let raws = events.iter().map(|e| raw(e)).collect::<Result<Vec<_>>>()?;
     let now = chrono::Utc::now().timestamp_micros();
     let event_ts: Vec<Option<i64>> = events.iter().map(|e| e.source.ts_micros()).collect();
-    let event_date: Vec<Option<i32>> = event_ts
-        .iter()
-        .map(|ts| Some(ts.unwrap_or(now).div_euclid(86_400_000_000) as i32))
-        .collect();
+    let event_date: Vec<Option<i32>> =
+        event_ts.iter().map(|ts| Some(ts.unwrap_or(now).div_euclid(86_400_000_000) as i32)).collect();
     let utc = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
     let schema = Schema::new(vec![
         Field::new("topic", DataType::Utf8, false),
@@ -128,4 +126,3 @@ fn to_batch(events: &[&ChangeEvent]) -> Result<RecordBatch> {
         retriable: false,
     })
 }
-

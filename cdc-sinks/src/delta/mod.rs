@@ -18,8 +18,8 @@ use async_trait::async_trait;
 use cdc_core::{Batch, ChangeEvent, Error, Offsets, Op, Result, RowChange, Sink, TableChange, Value};
 use deltalake::arrow::array::RecordBatch;
 use deltalake::datafusion::prelude::SessionContext;
-use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
@@ -163,7 +163,8 @@ impl DeltaSink {
         loop {
             attempt += 1;
             let state = self.state(name).await?;
-            let pending: Vec<&ChangeEvent> = events.iter().copied().filter(|e| !state.held.holds(&e.position)).collect();
+            let pending: Vec<&ChangeEvent> =
+                events.iter().copied().filter(|e| !state.held.holds(&e.position)).collect();
             if pending.is_empty() {
                 return Ok(());
             }
@@ -320,10 +321,8 @@ async fn apply_rows(
     properties: CommitProperties,
 ) -> Result<DeltaTable> {
     let newest = rows.iter().map(|r| r.event).max_by_key(|e| e.order).expect("non-empty run");
-    let images: Vec<(&ChangeEvent, Option<&[Value]>)> = rows
-        .iter()
-        .map(|r| (r.event, r.after.as_deref().map(Vec::as_slice).or(r.event.before.as_deref())))
-        .collect();
+    let images: Vec<(&ChangeEvent, Option<&[Value]>)> =
+        rows.iter().map(|r| (r.event, r.after.as_deref().map(Vec::as_slice).or(r.event.before.as_deref()))).collect();
     let batch = cdc_core::arrow::rows_to_record_batch(name, &newest.schema, &images)?;
     let key: Vec<String> = newest.schema.key_names().map(str::to_owned).collect();
     if key.is_empty() {

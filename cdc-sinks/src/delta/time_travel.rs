@@ -1,9 +1,11 @@
 //! Reading the Delta tables back: any table at a version or a timestamp, and
 //! a table's history.
 
-use chrono::{DateTime, Utc};
 use cdc_core::{Error, Result};
+use chrono::{DateTime, Utc};
 use deltalake::DeltaTable;
+use deltalake::arrow::array::RecordBatch;
+use deltalake::datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
 
 use super::{DeltaConfig, NAME, delta_error};
@@ -42,7 +44,11 @@ pub async fn open(config: &DeltaConfig, name: &str) -> Result<DeltaTable> {
         .await
         .map_err(|e| delta_error(&e))?;
     if table.version().is_none() {
-        return Err(Error::Sink { sink: NAME.into(), message: format!("no Delta table {name} under {}", config.root), retriable: false });
+        return Err(Error::Sink {
+            sink: NAME.into(),
+            message: format!("no Delta table {name} under {}", config.root),
+            retriable: false,
+        });
     }
     Ok(table)
 }
@@ -92,4 +98,41 @@ pub async fn history(config: &DeltaConfig, name: &str) -> Result<Vec<HistoryEntr
             }
         })
         .collect())
+}
+
+/// Which version of the tables a query reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AsOf {
+    #[default]
+    Latest,
+    Version(u64),
+    Timestamp(DateTime<Utc>),
+}
+
+/// Registers `table` in a DataFusion session under `name`.
+pub async fn register(ctx: &SessionContext, name: &str, table: &DeltaTable) -> Result<()> {
+    table.update_datafusion_session(&ctx.state()).map_err(|e| delta_error(&e))?;
+    let provider = table.table_provider().await.map_err(|e| super::df_error(&e))?;
+    ctx.register_table(name, provider).map_err(|e| super::df_error(&e))?;
+    Ok(())
+}
+
+/// Runs SQL over every table under the root, each read as of `as_of`
+/// (a table that did not exist then is left out).
+pub async fn query(config: &DeltaConfig, sql: &str, as_of: AsOf) -> Result<Vec<RecordBatch>> {
+    let ctx = SessionContext::new();
+    for name in list_tables(config)? {
+        let table = match as_of {
+            AsOf::Latest => open(config, &name).await,
+            AsOf::Version(v) => at_version(config, &name, v).await,
+            AsOf::Timestamp(t) => at_timestamp(config, &name, t).await,
+        };
+        match table {
+            Ok(table) => register(&ctx, &name, &table).await?,
+            Err(error) if as_of != AsOf::Latest => tracing::debug!(table = name, %error, "not readable as of then"),
+            Err(error) => return Err(error),
+        }
+    }
+    let frame = ctx.sql(sql).await.map_err(|e| super::df_error(&e))?;
+    frame.collect().await.map_err(|e| super::df_error(&e))
 }

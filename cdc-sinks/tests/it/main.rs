@@ -1,6 +1,8 @@
 //! cdc-sinks integration tests against the test command's throwaway
 //! PostgreSQL (`CDC_TEST_PG_URL`).
 
+#[cfg(feature = "delta")]
+mod delta;
 mod pg_datalake;
 mod pg_target;
 mod support;

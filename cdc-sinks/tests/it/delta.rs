@@ -1,0 +1,270 @@
+//! The Delta Lake sink against real Delta tables on disk.
+use std::collections::BTreeMap;
+
+use cdc_core::memory::MemorySink;
+use cdc_core::testing::changes;
+use cdc_core::{Batch, ChangeEvent, Offsets, Op, Record, Sink, Value};
+use cdc_sinks::delta::deltalake::arrow::array::{Array, AsArray, RecordBatch};
+use cdc_sinks::delta::deltalake::arrow::datatypes::Int64Type;
+use cdc_sinks::delta::time_travel::{self, AsOf};
+use cdc_sinks::{DeltaConfig, DeltaSink};
+
+use crate::support::*;
+
+fn config(dir: &tempfile::TempDir) -> DeltaConfig {
+    DeltaConfig::new(dir.path().to_str().unwrap())
+}
+
+/// Applies batches like the pipeline: a batch failing with a non-retriable
+/// error is applied again without the events the error names (they go to
+/// the dead-letter store). Returns the dead-lettered events.
+async fn apply_with_dead_letters(sink: &mut DeltaSink, batches: &[Batch]) -> Vec<ChangeEvent> {
+    let mut dead = Vec::new();
+    for batch in batches {
+        match sink.apply(batch).await {
+            Ok(()) => {}
+            Err(error) => {
+                assert!(!error.is_retriable(), "{error}");
+                let message = error.to_string();
+                // The only bad data in the fixture: products.stock_quantity int -> bigint.
+                assert!(message.contains("column stock_quantity of Delta table products is Int32"), "{message}");
+                let (bad, good): (Vec<_>, Vec<_>) = batch.events.iter().cloned().partition(|e| {
+                    e.source.table == "products"
+                        && e.schema.field("stock_quantity").is_some_and(|f| f.data_type == cdc_core::DataType::Int64)
+                });
+                dead.extend(bad);
+                sink.apply(&Batch { events: good, offsets: batch.offsets.clone() }).await.unwrap();
+            }
+        }
+    }
+    dead
+}
+
+/// (key, order key) of every live row, from Delta.
+async fn delta_rows(config: &DeltaConfig, table: &str, as_of: AsOf) -> BTreeMap<i64, String> {
+    let batches =
+        time_travel::query(config, &format!("SELECT CAST(id AS BIGINT) AS id, _cdc_order FROM {table}"), as_of)
+            .await
+            .unwrap();
+    let mut rows = BTreeMap::new();
+    for batch in &batches {
+        let ids = batch.column(0).as_primitive::<Int64Type>();
+        for i in 0..batch.num_rows() {
+            rows.insert(ids.value(i), text(batch.column(1), i));
+        }
+    }
+    rows
+}
+
+/// The same, from the reference model (the in-memory sink).
+fn memory_rows(memory: &MemorySink, table: &str) -> BTreeMap<i64, String> {
+    memory.tables[&format!("public.{table}")]
+        .rows
+        .values()
+        .filter_map(|(order, row)| {
+            let row = row.as_ref()?;
+            match row["id"] {
+                Value::Int(id) => Some((id, order.to_hex())),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+async fn scalar_text(config: &DeltaConfig, sql: &str) -> String {
+    let batches = time_travel::query(config, sql, AsOf::Latest).await.unwrap();
+    let batch: &RecordBatch = &batches[0];
+    text(batch.column(0), 0)
+}
+
+/// A cell as text, whatever string or number type DataFusion returned.
+fn text(array: &dyn Array, row: usize) -> String {
+    cdc_sinks::delta::deltalake::arrow::util::display::array_value_to_string(array, row).unwrap()
+}
+
+/// The whole real-Debezium fixture in small batches: every table holds the
+/// reference model's rows, each written by the same event.
+#[tokio::test]
+async fn delta_tables_follow_the_fixture() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir);
+    let records = fixture_records("schemas");
+    let mut sink = DeltaSink::new(config.clone());
+    let dead = apply_with_dead_letters(&mut sink, &batches(&records, 9)).await;
+    assert_eq!(dead.len(), 1, "the bigint value 5000000000 does not fit the table's int column");
+
+    let mut memory = MemorySink::new();
+    for event in changes(&records) {
+        if !dead.iter().any(|d| d.position == event.position) {
+            memory.apply_event(event);
+        }
+    }
+    for table in TABLES {
+        assert_eq!(delta_rows(&config, table, AsOf::Latest).await, memory_rows(&memory, table), "{table}");
+    }
+    // Values keep their types and TOAST kept the big text.
+    assert_eq!(scalar_text(&config, "SELECT price FROM products WHERE id = 1").await, "1199.99");
+    let toast = scalar_text(&config, "SELECT CAST(length(c_big_text) AS BIGINT) FROM all_types WHERE id = 1").await;
+    assert_eq!(toast, "12804", "32*400 chars + 'tail'");
+    assert_eq!(scalar_text(&config, "SELECT CAST(loyalty_points AS BIGINT) FROM customers WHERE id = 1").await, "10");
+    // A column dropped at the source stays, with nulls for later writes.
+    assert_eq!(scalar_text(&config, "SELECT count(*) FROM products WHERE category IS NULL").await, "1");
+
+    // The history table holds every change event once (but the dead-lettered one).
+    let events = scalar_text(&config, "SELECT count(*) FROM cdc_events").await;
+    assert_eq!(events, (change_count(&records) - dead.len()).to_string());
+    let history = time_travel::history(&config, "order_items").await.unwrap();
+    assert!(history.iter().any(|h| h.operation == "DELETE"), "truncate is its own commit: {history:?}");
+    assert!(history.iter().any(|h| h.operation == "MERGE"));
+
+    // A new sink instance reports the offsets every table holds, and a
+    // replay of everything commits nothing.
+    let mut restarted = DeltaSink::new(config.clone());
+    let offsets = restarted.durable_offsets().await.unwrap();
+    let last_customer = records.iter().rfind(|r| r.position().topic.as_ref() == "cdc.public.customers").unwrap();
+    assert_eq!(offsets.get("cdc.public.customers", 0), Some(last_customer.position().offset));
+    let before = restarted.versions();
+    let _ = apply_with_dead_letters(&mut restarted, &batches(&records, 40)).await;
+    let version = time_travel::history(&config, "customers").await.unwrap()[0].version;
+    assert_eq!(before.get("customers"), Some(&version), "the replay committed nothing");
+    assert_eq!(scalar_text(&config, "SELECT count(*) FROM cdc_events").await, events);
+}
+
+/// Time travel: an earlier version and an earlier timestamp show the state then.
+#[tokio::test]
+async fn time_travel_by_version_and_timestamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir);
+    let records = fixture_records("schemas");
+    let customers: Vec<Record> =
+        records.iter().filter(|r| matches!(r, Record::Change(e) if e.source.table == "customers")).cloned().collect();
+    let mut sink = DeltaSink::new(config.clone());
+    sink.apply(&Batch::from_records(customers[..5].to_vec())).await.unwrap(); // the snapshot
+    let after_snapshot = chrono::Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    for record in &customers[5..] {
+        sink.apply(&Batch::from_records([record.clone()])).await.unwrap();
+    }
+    let v0 = delta_rows(&config, "customers", AsOf::Version(0)).await;
+    assert_eq!(v0.keys().copied().collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    assert_eq!(delta_rows(&config, "customers", AsOf::Timestamp(after_snapshot)).await, v0);
+    let latest = delta_rows(&config, "customers", AsOf::Latest).await;
+    assert_eq!(latest.keys().copied().collect::<Vec<_>>(), [1, 2, 3, 4, 6, 7, 100]);
+    let history = time_travel::history(&config, "customers").await.unwrap();
+    assert_eq!(history.last().unwrap().version, 0);
+    assert_eq!(history.last().unwrap().operation, "WRITE", "the snapshot was appended");
+    assert_eq!(history.last().unwrap().rows_affected, Some(5));
+}
+
+/// An event older than the row (delivered later, from another partition)
+/// does not overwrite it.
+#[tokio::test]
+async fn older_events_never_overwrite_newer_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir);
+    let records = fixture_records("schemas");
+    let events = changes(&records);
+    let updates: Vec<_> = events.iter().filter(|e| e.source.table == "orders" && e.op == Op::Update).collect();
+    let (older, newer) = (updates[0], updates[1]);
+    let mut sink = DeltaSink::new(config.clone());
+    let snapshot: Vec<Record> = records
+        .iter()
+        .filter(|r| matches!(r, Record::Change(e) if e.op == Op::Read && e.source.table == "orders"))
+        .cloned()
+        .collect();
+    sink.apply(&Batch::from_records(snapshot)).await.unwrap();
+    sink.apply(&Batch { events: vec![moved(newer, 7, 1)], offsets: Offsets::new() }).await.unwrap();
+    sink.apply(&Batch { events: vec![moved(older, 8, 1)], offsets: Offsets::new() }).await.unwrap();
+    let id = match &newer.key.as_ref().unwrap()[0] {
+        Value::Int(i) => *i,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(delta_rows(&config, "orders", AsOf::Latest).await[&id], newer.order.to_hex());
+}
+
+/// A crash between two tables' commits of one batch: the restarted sink
+/// applies what is missing and nothing twice.
+#[tokio::test]
+async fn restart_between_table_commits_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir);
+    let records = fixture_records("schemas");
+    let all = batches(&records, 60);
+    let mut first = DeltaSink::new(config.clone());
+    first.apply(&all[0]).await.unwrap();
+    // "Crash": only the customers part of batch 1 was committed.
+    let partial = Batch {
+        events: all[1].events.iter().filter(|e| e.source.table == "customers").cloned().collect(),
+        offsets: all[1].offsets.clone(),
+    };
+    first.apply(&partial).await.unwrap();
+    drop(first);
+    let mut restarted = DeltaSink::new(config.clone());
+    let resume = restarted.durable_offsets().await.unwrap();
+    // The pipeline resumes from the lowest offset any table holds; replays all[1..].
+    for batch in &all[1..] {
+        let events = batch.events.iter().filter(|e| !resume.holds(&e.position)).cloned().collect();
+        restarted.apply(&Batch { events, offsets: batch.offsets.clone() }).await.unwrap_or_else(|e| {
+            assert!(e.to_string().contains("stock_quantity"), "{e}");
+        });
+    }
+    let history_events = scalar_text(&config, "SELECT count(*) FROM cdc_events").await;
+    let distinct = scalar_text(
+        &config,
+        "SELECT count(*) FROM (SELECT DISTINCT topic, kafka_partition, kafka_offset FROM cdc_events)",
+    )
+    .await;
+    assert_eq!(history_events, distinct, "no event twice in the history");
+    let mut memory = MemorySink::new();
+    for event in changes(&records) {
+        memory.apply_event(event);
+    }
+    assert_eq!(delta_rows(&config, "customers", AsOf::Latest).await, memory_rows(&memory, "customers"));
+}
+
+/// Tables written here are readable by another Delta implementation: the
+/// Python `deltalake` package reads the rows and the version history.
+#[tokio::test]
+async fn python_deltalake_reads_the_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir);
+    let records = fixture_records("schemas");
+    let customers: Vec<Record> =
+        records.iter().filter(|r| matches!(r, Record::Change(e) if e.source.table == "customers")).cloned().collect();
+    let mut sink = DeltaSink::new(config.clone());
+    for chunk in customers.chunks(4) {
+        sink.apply(&Batch::from_records(chunk.to_vec())).await.unwrap();
+    }
+    let script = r#"
+import json, sys
+from deltalake import DeltaTable
+dt = DeltaTable(sys.argv[1])
+rows = dt.to_pyarrow_table(columns=["id", "email"]).to_pylist()
+print(json.dumps({"version": dt.version(), "ids": sorted(r["id"] for r in rows),
+                  "history": len(dt.history())}), flush=True)
+# The package's runtime threads can abort the interpreter at exit
+# ("terminate called without an active exception"): leave before that.
+import os
+os._exit(0)
+"#;
+    let output = std::process::Command::new("python3")
+        .args(["-c", script, dir.path().join("customers").to_str().unwrap()])
+        .output()
+        .expect("python3");
+    assert!(
+        output.status.success(),
+        "the Python deltalake package could not read the table (scripts/test.sh installs it: \
+         pip install deltalake pyarrow): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mut memory = MemorySink::new();
+    for event in changes(&customers) {
+        memory.apply_event(event);
+    }
+    let expected: Vec<i64> = memory_rows(&memory, "customers").keys().copied().collect();
+    assert_eq!(seen["ids"], serde_json::json!(expected));
+    let version = time_travel::history(&config, "customers").await.unwrap()[0].version;
+    assert_eq!(seen["version"], serde_json::json!(version));
+    assert_eq!(seen["history"], serde_json::json!(version + 1));
+}
