@@ -7,22 +7,19 @@
 //!
 //! Uses the PostgreSQL at CDC_TEST_PG_URL, or starts a throwaway cluster with
 //! scripts/pg-cluster.sh (installing Debian's PostgreSQL if needed).
-use std::process::Command;
-use std::sync::atomic::{AtomicI64, Ordering};
+mod support;
 
-use cdc_lakehouse::core::{Batch, Decoder, RawRecord, Sink};
+use std::process::Command;
+
+use cdc_lakehouse::core::{Batch, Sink};
 use cdc_lakehouse::sinks::{PgConnectionConfig, PgTargetSink};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use support::Generator;
 use tokio::runtime::Runtime;
 use tokio_postgres::{Client, NoTls};
 
 const TABLE_ROWS: i64 = 1_000_000;
 const BATCH: usize = 10_000;
-
-const SCHEMA: &str = r#"{"type":"struct","fields":[{"type":"struct","optional":true,"field":"before","fields":[{"type":"int64","optional":false,"field":"id"},{"type":"string","optional":true,"field":"name","parameters":{"__debezium.source.column.type":"VARCHAR","__debezium.source.column.length":"100"}},{"type":"bytes","optional":true,"name":"org.apache.kafka.connect.data.Decimal","parameters":{"scale":"2","connect.decimal.precision":"10"},"field":"price"},{"type":"int32","optional":true,"field":"quantity"},{"type":"int64","optional":true,"name":"io.debezium.time.MicroTimestamp","field":"updated_at"}]},{"type":"struct","optional":true,"field":"after","fields":[{"type":"int64","optional":false,"field":"id"},{"type":"string","optional":true,"field":"name","parameters":{"__debezium.source.column.type":"VARCHAR","__debezium.source.column.length":"100"}},{"type":"bytes","optional":true,"name":"org.apache.kafka.connect.data.Decimal","parameters":{"scale":"2","connect.decimal.precision":"10"},"field":"price"},{"type":"int32","optional":true,"field":"quantity"},{"type":"int64","optional":true,"name":"io.debezium.time.MicroTimestamp","field":"updated_at"}]},{"type":"struct","optional":false,"field":"source","fields":[]},{"type":"string","optional":false,"field":"op"}],"optional":false,"name":"cdc.public.bench_items.Envelope"}"#;
-
-static LSN: AtomicI64 = AtomicI64::new(1_000_000);
-static OFFSET: AtomicI64 = AtomicI64::new(0);
 
 fn database_url() -> (String, Option<String>) {
     if let Ok(url) = std::env::var("CDC_TEST_PG_URL") {
@@ -35,52 +32,6 @@ fn database_url() -> (String, Option<String>) {
     (String::from_utf8(out.stdout).unwrap().trim().to_owned(), Some(dir.display().to_string()))
 }
 
-fn price(cents: i64) -> String {
-    use base64::Engine as _;
-    let bytes = cents.to_be_bytes();
-    let skip = bytes.iter().take_while(|&&b| b == 0).count().min(6);
-    base64::engine::general_purpose::STANDARD.encode(&bytes[skip..])
-}
-
-/// A batch of mixed changes with fresh offsets and order keys.
-fn mixed_batch(decoder: &mut Decoder, next_new_id: &mut i64, round: u64) -> Batch {
-    let mut records = Vec::with_capacity(BATCH);
-    for i in 0..BATCH {
-        let lsn = LSN.fetch_add(8, Ordering::Relaxed);
-        let offset = OFFSET.fetch_add(1, Ordering::Relaxed);
-        let existing = (i as i64 * 97 + round as i64 * 7919) % TABLE_ROWS + 1;
-        let (op, id) = match i % 5 {
-            0 => ("d", existing),
-            1 => {
-                *next_new_id += 1;
-                ("c", *next_new_id)
-            }
-            _ => ("u", existing),
-        };
-        let row = format!(
-            r#"{{"id":{id},"name":"item {id} r{round}","price":"{}","quantity":{},"updated_at":{}}}"#,
-            price(id % 100_000 + round as i64),
-            i % 50,
-            1_700_000_000_000_000 + lsn
-        );
-        let (before, after) =
-            if op == "d" { (format!(r#"{{"id":{id}}}"#), "null".to_string()) } else { ("null".into(), row) };
-        let value = format!(
-            r#"{{"schema":{SCHEMA},"payload":{{"before":{before},"after":{after},"source":{{"schema":"public","table":"bench_items","lsn":{lsn},"txId":{round},"sequence":"[\"{lsn}\",\"{lsn}\"]"}},"op":"{op}"}}}}"#
-        );
-        let key = format!(r#"{{"id":{id}}}"#);
-        let raw = RawRecord {
-            topic: "cdc.public.bench_items",
-            partition: 0,
-            offset,
-            key: Some(key.as_bytes()),
-            value: Some(value.as_bytes()),
-        };
-        records.push(decoder.decode(raw).expect("bench record"));
-    }
-    Batch::from_records(records)
-}
-
 async fn connect(url: &str) -> Client {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
     tokio::spawn(connection);
@@ -89,7 +40,7 @@ async fn connect(url: &str) -> Client {
 
 /// Creates the table through the sink (so it has the sink's layout), then
 /// fills it to TABLE_ROWS rows with one INSERT ... SELECT.
-async fn prepare(url: &str, table_schema: &str, decoder: &mut Decoder) -> PgTargetSink {
+async fn prepare(url: &str, table_schema: &str, generator: &mut Generator) -> PgTargetSink {
     let admin = connect(url).await;
     // A fresh table, and no offsets from an earlier run (they would make the sink skip everything).
     admin
@@ -104,10 +55,7 @@ async fn prepare(url: &str, table_schema: &str, decoder: &mut Decoder) -> PgTarg
     let mut config = PgConnectionConfig::new(url);
     config.consumer = table_schema.into();
     let mut sink = PgTargetSink::new(config).with_schema(table_schema);
-    let mut id = TABLE_ROWS;
-    let seed = mixed_batch(decoder, &mut id, 0);
-    let first = Batch { events: seed.events[1..2].to_vec(), offsets: seed.offsets.clone() };
-    sink.apply(&first).await.unwrap();
+    sink.apply(&generator.snapshot(1..2)).await.unwrap();
     admin
         .batch_execute(&format!(
             "TRUNCATE {table_schema}.bench_items; \
@@ -174,33 +122,33 @@ async fn apply_per_row(client: &mut Client, table: &str, batch: &Batch) {
 fn pg_apply(c: &mut Criterion) {
     let rt = Runtime::new().unwrap();
     let (url, cluster) = database_url();
-    let mut decoder = Decoder::new();
+    let mut generator = Generator::default();
     let mut group = c.benchmark_group("pg_apply_10k_mixed_into_1m_rows");
     group.sample_size(10);
     group.throughput(Throughput::Elements(BATCH as u64));
 
-    let mut sink = rt.block_on(prepare(&url, "bench_sink", &mut decoder));
+    let mut sink = rt.block_on(prepare(&url, "bench_sink", &mut generator));
     let mut next_id = 2 * TABLE_ROWS;
     let mut round = 0;
     group.bench_function("pg_target_sink_copy_set_based", |b| {
         b.iter_batched(
             || {
                 round += 1;
-                mixed_batch(&mut decoder, &mut next_id, round)
+                generator.mixed(BATCH, 1..TABLE_ROWS + 1, &mut next_id, round)
             },
             |batch| rt.block_on(sink.apply(&batch)).unwrap(),
             BatchSize::PerIteration,
         )
     });
 
-    rt.block_on(prepare(&url, "bench_per_row", &mut decoder));
+    rt.block_on(prepare(&url, "bench_per_row", &mut generator));
     let mut client = rt.block_on(connect(&url));
     let mut next_id = 2 * TABLE_ROWS;
     group.bench_function("baseline_per_row_statements", |b| {
         b.iter_batched(
             || {
                 round += 1;
-                mixed_batch(&mut decoder, &mut next_id, round)
+                generator.mixed(BATCH, 1..TABLE_ROWS + 1, &mut next_id, round)
             },
             |batch| rt.block_on(apply_per_row(&mut client, "bench_per_row.bench_items", &batch)),
             BatchSize::PerIteration,

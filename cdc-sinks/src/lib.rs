@@ -16,7 +16,7 @@ mod pg_datalake;
 mod pg_target;
 
 #[cfg(feature = "delta")]
-pub use delta::{DeltaConfig, DeltaSink};
+pub use delta::{ApplyStats, DeltaConfig, DeltaSink};
 #[cfg(feature = "postgres")]
 pub use pg_common::{PgConnectionConfig, PgUrl, pg_type, quote_ident};
 #[cfg(feature = "postgres")]

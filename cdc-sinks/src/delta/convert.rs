@@ -235,9 +235,15 @@ pub struct MergeSql {
 }
 
 impl MergeSql {
-    pub fn new(source: &RecordBatch, key: &[String], rows: &[RowChange<'_>], soft_delete: bool) -> Result<MergeSql> {
+    pub fn new(
+        source: &RecordBatch,
+        key: &[String],
+        rows: &[RowChange<'_>],
+        soft_delete: bool,
+        prune: bool,
+    ) -> Result<MergeSql> {
         let mut predicate: Vec<String> = key.iter().map(|k| format!("target.{k} = source.{k}", k = ident(k))).collect();
-        if let [single] = key {
+        if let (true, [single]) = (prune, key) {
             let column = source.column_by_name(single).expect("key column");
             if let (Some(min), Some(max)) = (min_int(column), max_int(column)) {
                 predicate.push(format!("target.{k} >= {min} AND target.{k} <= {max}", k = ident(single)));

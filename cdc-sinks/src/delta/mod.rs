@@ -66,6 +66,11 @@ pub struct DeltaConfig {
     /// Storage options passed to deltalake (credentials, endpoints).
     #[serde(default)]
     pub storage_options: HashMap<String, String>,
+    /// Give each MERGE the batch's key range as a target predicate (files
+    /// outside it are neither read nor rewritten), and append batches that
+    /// cannot touch existing rows. Turn off only to measure what it saves.
+    #[serde(default = "default_true")]
+    pub merge_pruning: bool,
 }
 
 fn default_naming() -> String {
@@ -95,6 +100,7 @@ impl DeltaConfig {
             checkpoint_interval: default_checkpoint_interval(),
             max_attempts: default_attempts(),
             storage_options: HashMap::new(),
+            merge_pruning: true,
         }
     }
 
@@ -127,6 +133,18 @@ pub struct DeltaSink {
     config: DeltaConfig,
     tables: HashMap<String, TableState>,
     history: Option<TableState>,
+    stats: ApplyStats,
+}
+
+/// What the sink's commits did since [`DeltaSink::take_stats`] was last called.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub commits: u64,
+    pub merges: u64,
+    pub appends: u64,
+    /// Data files a MERGE rewrote (removed and replaced).
+    pub files_rewritten: u64,
+    pub files_added: u64,
 }
 
 /// An open table and the offsets it durably holds.
@@ -137,11 +155,16 @@ struct TableState {
 
 impl DeltaSink {
     pub fn new(config: DeltaConfig) -> DeltaSink {
-        DeltaSink { config, tables: HashMap::new(), history: None }
+        DeltaSink { config, tables: HashMap::new(), history: None, stats: ApplyStats::default() }
     }
 
     pub fn config(&self) -> &DeltaConfig {
         &self.config
+    }
+
+    /// The commit statistics gathered so far, resetting them.
+    pub fn take_stats(&mut self) -> ApplyStats {
+        std::mem::take(&mut self.stats)
     }
 
     /// The latest version of each table this sink has written or opened.
@@ -168,7 +191,9 @@ impl DeltaSink {
             if pending.is_empty() {
                 return Ok(());
             }
-            match apply_events(&config, name, state, &pending, batch_offsets).await {
+            let stats = &mut self.stats;
+            let state = self.tables.get_mut(name).expect("opened above");
+            match apply_events(&config, name, state, &pending, batch_offsets, stats).await {
                 Ok(()) => return Ok(()),
                 Err(error) if error.is_retriable() && attempt < config.max_attempts => {
                     // Another writer (or maintenance) committed first, or the
@@ -253,6 +278,7 @@ async fn apply_events(
     state: &mut TableState,
     events: &[&ChangeEvent],
     batch_offsets: &Offsets,
+    stats: &mut ApplyStats,
 ) -> Result<()> {
     // Runs of rows between truncates, and each truncate on its own.
     let mut segments = Vec::new();
@@ -294,12 +320,13 @@ async fn apply_events(
             truncate(table, properties).await?
         } else {
             match cdc_core::collapse(events).pop() {
-                Some(TableChange::Rows(rows)) => apply_rows(config, name, table, &rows, properties).await?,
+                Some(TableChange::Rows(rows)) => apply_rows(config, name, table, &rows, properties, stats).await?,
                 _ => table,
             }
         };
         state.table = table;
         state.held = cumulative;
+        stats.commits += 1;
     }
     Ok(())
 }
@@ -319,6 +346,7 @@ async fn apply_rows(
     table: DeltaTable,
     rows: &[RowChange<'_>],
     properties: CommitProperties,
+    stats: &mut ApplyStats,
 ) -> Result<DeltaTable> {
     let newest = rows.iter().map(|r| r.event).max_by_key(|e| e.order).expect("non-empty run");
     let images: Vec<(&ChangeEvent, Option<&[Value]>)> =
@@ -338,14 +366,18 @@ async fn apply_rows(
     let has_rows = table.version().is_some() && convert::has_files(&table)?;
     let deletes = rows.iter().any(RowChange::is_delete);
     let fast_path = !has_rows
-        || (!deletes
+        || (config.merge_pruning
+            && !deletes
             && rows.iter().all(|r| matches!(r.event.op, Op::Create | Op::Read))
             && convert::keys_above_table(&table, &key, &source)?);
     if fast_path {
         let inserts = convert::without_deletes(&source)?;
+        stats.appends += 1;
+        stats.files_added += 1;
         return append(config, table, inserts, properties).await;
     }
-    merge(config, table, source, &key, rows, properties).await
+    stats.merges += 1;
+    merge(config, table, source, &key, rows, properties, stats).await
 }
 
 async fn append(
@@ -378,8 +410,9 @@ async fn merge(
     key: &[String],
     rows: &[RowChange<'_>],
     properties: CommitProperties,
+    stats: &mut ApplyStats,
 ) -> Result<DeltaTable> {
-    let sql = convert::MergeSql::new(&source, key, rows, config.soft_delete)?;
+    let sql = convert::MergeSql::new(&source, key, rows, config.soft_delete, config.merge_pruning)?;
     let ctx = SessionContext::new();
     let source_frame = ctx.read_batch(source).map_err(|e| df_error(&e))?;
     let mut builder = table
@@ -414,6 +447,8 @@ async fn merge(
         })
         .map_err(|e| delta_error(&e))?;
     let (table, metrics) = builder.await.map_err(|e| delta_error(&e))?;
+    stats.files_rewritten += metrics.num_target_files_removed as u64;
+    stats.files_added += metrics.num_target_files_added as u64;
     tracing::debug!(
         inserted = metrics.num_target_rows_inserted,
         updated = metrics.num_target_rows_updated,
