@@ -38,7 +38,8 @@ impl Generator {
             id % 50,
             1_700_000_000_000_000 + lsn
         );
-        let (before, after) = if op == "d" { (format!(r#"{{"id":{id}}}"#), "null".to_string()) } else { ("null".into(), row) };
+        let (before, after) =
+            if op == "d" { (format!(r#"{{"id":{id}}}"#), "null".to_string()) } else { ("null".into(), row) };
         let sequence = if op == "r" { format!(r#"[null,\"{lsn}\"]"#) } else { format!(r#"[\"{lsn}\",\"{lsn}\"]"#) };
         let value = format!(
             r#"{{"schema":{SCHEMA},"payload":{{"before":{before},"after":{after},"source":{{"schema":"public","table":"bench_items","lsn":{lsn},"txId":{round},"sequence":"{sequence}"}},"op":"{op}"}}}}"#

@@ -27,6 +27,7 @@ mod error;
 mod event;
 #[cfg(feature = "test-utils")]
 pub mod memory;
+pub mod pipeline;
 mod schema;
 mod sink;
 #[cfg(feature = "test-utils")]

@@ -7,6 +7,7 @@ mod common;
 mod errors;
 mod fixtures;
 mod ordering;
+mod pipeline;
 mod postgres;
 mod quirks;
 mod sink;

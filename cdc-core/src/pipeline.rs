@@ -1,0 +1,373 @@
+//! The source-agnostic pipeline: decode, batch, fan out to every sink, isolate
+//! poison records, report the offsets that are safe to commit. The Kafka
+//! consumer, the replay tool and the tests drive this same code.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use crate::decode::{Decoder, RawRecord};
+use crate::error::{Error, Position, Result};
+use crate::event::{ChangeEvent, Record};
+use crate::sink::{Batch, Offsets, Sink};
+
+/// When to cut a batch: whichever limit is reached first.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchPolicy {
+    /// Records per batch.
+    #[serde(default = "default_max_records")]
+    pub max_records: usize,
+    /// Bytes of record keys and values per batch.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+    /// Milliseconds since the batch's first record.
+    #[serde(default = "default_max_latency_ms")]
+    pub max_latency_ms: u64,
+}
+
+fn default_max_records() -> usize {
+    50_000
+}
+fn default_max_bytes() -> usize {
+    64 << 20
+}
+fn default_max_latency_ms() -> u64 {
+    1_000
+}
+
+impl Default for BatchPolicy {
+    fn default() -> Self {
+        BatchPolicy {
+            max_records: default_max_records(),
+            max_bytes: default_max_bytes(),
+            max_latency_ms: default_max_latency_ms(),
+        }
+    }
+}
+
+/// What happens to a record that cannot be decoded or applied.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnError {
+    /// Send it to the dead-letter store and go on.
+    #[default]
+    DeadLetter,
+    /// Stop the pipeline with the error.
+    FailFast,
+}
+
+/// A record that could not be decoded, or that a sink could not apply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub position: Position,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    /// The sink that refused it; `None` when it could not be decoded.
+    pub sink: Option<String>,
+    pub error: String,
+}
+
+/// Where dead letters go (a Kafka topic, a table, memory).
+#[async_trait]
+pub trait DeadLetterStore: Send {
+    /// Stores the record durably before returning `Ok`.
+    async fn store(&mut self, letter: DeadLetter) -> Result<()>;
+}
+
+/// Dead letters kept in memory (tests, the demo).
+#[derive(Debug, Default)]
+pub struct MemoryDeadLetters {
+    pub letters: Vec<DeadLetter>,
+}
+
+#[async_trait]
+impl DeadLetterStore for MemoryDeadLetters {
+    async fn store(&mut self, letter: DeadLetter) -> Result<()> {
+        self.letters.push(letter);
+        Ok(())
+    }
+}
+
+/// Backoff for sink failures that may pass (an outage).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    #[serde(default = "default_initial_ms")]
+    pub initial_backoff_ms: u64,
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// Give up after this many attempts; unset retries until shutdown.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+}
+
+fn default_initial_ms() -> u64 {
+    500
+}
+fn default_max_backoff_ms() -> u64 {
+    30_000
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            initial_backoff_ms: default_initial_ms(),
+            max_backoff_ms: default_max_backoff_ms(),
+            max_attempts: None,
+        }
+    }
+}
+
+/// Counters for progress lines and the demo's summary.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PipelineStats {
+    /// Change events applied, by `schema.table` and op code.
+    pub events: BTreeMap<(String, &'static str), u64>,
+    pub records: u64,
+    pub batches: u64,
+    pub dead_letters: u64,
+    pub last_batch: Duration,
+}
+
+/// Decodes records, batches them, applies each batch to every sink.
+pub struct Pipeline {
+    decoder: Decoder,
+    sinks: Vec<Box<dyn Sink>>,
+    dead_letters: Box<dyn DeadLetterStore>,
+    policy: BatchPolicy,
+    retry: RetryPolicy,
+    on_error: OnError,
+    pending: Vec<Record>,
+    /// Raw bytes of pending change events, by position, for dead letters.
+    pending_raw: BTreeMap<Position, (Option<Vec<u8>>, Option<Vec<u8>>)>,
+    pending_bytes: usize,
+    batch_started: Option<Instant>,
+    stats: PipelineStats,
+}
+
+impl Pipeline {
+    pub fn new(decoder: Decoder, sinks: Vec<Box<dyn Sink>>, dead_letters: Box<dyn DeadLetterStore>) -> Pipeline {
+        Pipeline {
+            decoder,
+            sinks,
+            dead_letters,
+            policy: BatchPolicy::default(),
+            retry: RetryPolicy::default(),
+            on_error: OnError::default(),
+            pending: Vec::new(),
+            pending_raw: BTreeMap::new(),
+            pending_bytes: 0,
+            batch_started: None,
+            stats: PipelineStats::default(),
+        }
+    }
+
+    pub fn with_policy(mut self, policy: BatchPolicy) -> Pipeline {
+        self.policy = policy;
+        self
+    }
+
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Pipeline {
+        self.retry = retry;
+        self
+    }
+
+    pub fn with_on_error(mut self, on_error: OnError) -> Pipeline {
+        self.on_error = on_error;
+        self
+    }
+
+    pub fn stats(&self) -> &PipelineStats {
+        &self.stats
+    }
+
+    pub fn sinks(&self) -> &[Box<dyn Sink>] {
+        &self.sinks
+    }
+
+    /// Where to resume: per partition, the lowest offset every sink holds.
+    /// A partition some sink holds nothing of is absent (start from the
+    /// beginning, or the group's committed offset, for it).
+    pub async fn resume_offsets(&mut self) -> Result<Offsets> {
+        let mut per_sink = Vec::new();
+        for sink in &mut self.sinks {
+            per_sink.push(sink.durable_offsets().await?);
+        }
+        let Some((first, rest)) = per_sink.split_first() else { return Ok(Offsets::new()) };
+        let mut resume = Offsets::new();
+        for (topic, partition, offset) in first.iter() {
+            let lowest = rest.iter().map(|o| o.get(topic, partition)).try_fold(offset, |low, o| o.map(|o| low.min(o)));
+            if let Some(lowest) = lowest {
+                resume.set(topic.into(), partition, lowest);
+            }
+        }
+        Ok(resume)
+    }
+
+    /// Decodes one record into the open batch. A record that cannot be
+    /// decoded is dead-lettered (or, fail-fast, returned as the error).
+    pub async fn push(&mut self, record: RawRecord<'_>) -> Result<()> {
+        self.batch_started.get_or_insert_with(Instant::now);
+        self.pending_bytes += record.key.map_or(0, <[u8]>::len) + record.value.map_or(0, <[u8]>::len);
+        self.stats.records += 1;
+        match self.decoder.decode(record) {
+            Ok(decoded) => {
+                if matches!(decoded, Record::Change(_)) {
+                    self.pending_raw
+                        .insert(record.position(), (record.key.map(<[u8]>::to_vec), record.value.map(<[u8]>::to_vec)));
+                }
+                self.pending.push(decoded);
+                Ok(())
+            }
+            Err(error) if self.on_error == OnError::FailFast => Err(error),
+            Err(error) => {
+                tracing::warn!(%error, "dead-lettering a record that cannot be decoded");
+                self.dead_letter(DeadLetter {
+                    position: record.position(),
+                    key: record.key.map(<[u8]>::to_vec),
+                    value: record.value.map(<[u8]>::to_vec),
+                    sink: None,
+                    error: error.to_string(),
+                })
+                .await?;
+                // Its offset still counts: later batches cover it.
+                self.pending.push(Record::Heartbeat { position: record.position(), ts_ms: None });
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the open batch reached a limit of the policy.
+    pub fn due(&self) -> bool {
+        self.pending.len() >= self.policy.max_records
+            || self.pending_bytes >= self.policy.max_bytes
+            || self.batch_started.is_some_and(|t| t.elapsed() >= Duration::from_millis(self.policy.max_latency_ms))
+    }
+
+    /// Records in the open batch.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Drops the open batch's records of `partitions` (revoked by a
+    /// rebalance: their new owner reads them again).
+    pub fn abandon(&mut self, partitions: &[(String, i32)]) {
+        let revoked = |p: &Position| partitions.iter().any(|(t, n)| **t == *p.topic && *n == p.partition);
+        self.pending.retain(|r| !revoked(r.position()));
+        self.pending_raw.retain(|p, _| !revoked(p));
+    }
+
+    /// Applies the open batch to every sink and returns the offsets it
+    /// covered (safe to commit to Kafka). Retriable sink failures are retried
+    /// with backoff; a batch a sink refuses is split until the refused
+    /// events are found, which are dead-lettered (per sink).
+    pub async fn flush(&mut self) -> Result<Offsets> {
+        let records = std::mem::take(&mut self.pending);
+        let raw = std::mem::take(&mut self.pending_raw);
+        self.pending_bytes = 0;
+        let started = self.batch_started.take();
+        if records.is_empty() {
+            return Ok(Offsets::new());
+        }
+        let batch = Batch::from_records(records);
+        for i in 0..self.sinks.len() {
+            let refused = self.apply_isolating(i, &batch.events, &batch.offsets).await?;
+            for (event, error) in refused {
+                let (key, value) = raw.get(&event.position).cloned().unwrap_or_default();
+                let sink = self.sinks[i].name().to_owned();
+                if self.on_error == OnError::FailFast {
+                    return Err(error);
+                }
+                tracing::warn!(sink, %error, position = %event.position, "dead-lettering an event the sink refused");
+                self.dead_letter(DeadLetter {
+                    position: event.position.clone(),
+                    key,
+                    value,
+                    sink: Some(sink),
+                    error: error.to_string(),
+                })
+                .await?;
+            }
+        }
+        for event in &batch.events {
+            *self.stats.events.entry((event.table().to_string(), event.op.code())).or_default() += 1;
+        }
+        self.stats.batches += 1;
+        self.stats.last_batch = started.map(|t| t.elapsed()).unwrap_or_default();
+        Ok(batch.offsets)
+    }
+
+    async fn dead_letter(&mut self, letter: DeadLetter) -> Result<()> {
+        self.stats.dead_letters += 1;
+        self.dead_letters.store(letter).await
+    }
+
+    /// Applies `events` (with `offsets`) to sink `i`; on a non-retriable
+    /// error, halves the events until the refused ones are isolated, and
+    /// returns them. Offsets only move past what the sink applied.
+    async fn apply_isolating(
+        &mut self,
+        i: usize,
+        events: &[ChangeEvent],
+        offsets: &Offsets,
+    ) -> Result<Vec<(ChangeEvent, Error)>> {
+        let mut refused = Vec::new();
+        let mut stack = vec![(events.to_vec(), offsets.clone())];
+        while let Some((events, offsets)) = stack.pop() {
+            let batch = Batch { events, offsets };
+            match self.apply_with_backoff(i, &batch).await {
+                Ok(()) => {}
+                Err(error) if batch.events.len() <= 1 => {
+                    if let Some(event) = batch.events.into_iter().next() {
+                        refused.push((event, error));
+                    }
+                    // Move the offsets past it, so no sink waits on it again.
+                    self.apply_with_backoff(i, &Batch { events: Vec::new(), offsets: batch.offsets }).await?;
+                }
+                Err(_) => {
+                    let mid = batch.events.len() / 2;
+                    let mut first_offsets = Offsets::new();
+                    for event in &batch.events[..mid] {
+                        first_offsets.advance(&event.position);
+                    }
+                    let second = batch.events[mid..].to_vec();
+                    let first = batch.events[..mid].to_vec();
+                    // LIFO: the first half runs first.
+                    stack.push((second, batch.offsets));
+                    stack.push((first, first_offsets));
+                }
+            }
+        }
+        Ok(refused)
+    }
+
+    /// Applies with backoff while the error is retriable.
+    async fn apply_with_backoff(&mut self, i: usize, batch: &Batch) -> Result<()> {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match self.sinks[i].apply(batch).await {
+                Ok(()) => return Ok(()),
+                Err(error) if error.is_retriable() && self.retry.max_attempts.is_none_or(|m| attempt < m) => {
+                    let wait = self.retry.initial_backoff_ms.saturating_mul(1 << attempt.min(16).saturating_sub(1));
+                    let wait = Duration::from_millis(wait.min(self.retry.max_backoff_ms));
+                    tracing::warn!(sink = self.sinks[i].name(), %error, attempt, ?wait, "sink failed; retrying the batch");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+/// Counts of change events by op, for summaries.
+pub fn op_counts(stats: &PipelineStats) -> BTreeMap<&'static str, u64> {
+    let mut counts = BTreeMap::new();
+    for ((_, op), n) in &stats.events {
+        *counts.entry(*op).or_default() += n;
+    }
+    counts
+}
