@@ -132,6 +132,9 @@ pub struct PipelineStats {
     pub last_batch: Duration,
 }
 
+/// A record's key and value bytes.
+type RawBytes = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// Decodes records, batches them, applies each batch to every sink.
 pub struct Pipeline {
     decoder: Decoder,
@@ -142,7 +145,7 @@ pub struct Pipeline {
     on_error: OnError,
     pending: Vec<Record>,
     /// Raw bytes of pending change events, by position, for dead letters.
-    pending_raw: BTreeMap<Position, (Option<Vec<u8>>, Option<Vec<u8>>)>,
+    pending_raw: BTreeMap<Position, RawBytes>,
     pending_bytes: usize,
     batch_started: Option<Instant>,
     stats: PipelineStats,
