@@ -102,9 +102,9 @@ async fn undecodable_records_are_dead_lettered_with_their_position() {
     pipeline.push(bad).await.unwrap();
     let offsets = pipeline.flush().await.unwrap();
     assert_eq!(offsets.get("cdc.public.t", 2), Some(9), "its offset is covered");
-    let letters = letters.0.lock().unwrap();
-    assert_eq!(letters[0].position, Position::new("cdc.public.t", 2, 9));
-    assert!(letters[0].error.contains("cdc.public.t[2]@9") && letters[0].sink.is_none(), "{}", letters[0].error);
+    let letter = letters.0.lock().unwrap()[0].clone();
+    assert_eq!(letter.position, Position::new("cdc.public.t", 2, 9));
+    assert!(letter.error.contains("cdc.public.t[2]@9") && letter.sink.is_none(), "{}", letter.error);
 
     let mut strict =
         Pipeline::new(Decoder::new(), vec![Box::new(Flaky::default())], Box::new(MemoryDeadLetters::default()))
