@@ -252,7 +252,9 @@ impl Decoder {
     fn key_names<'k>(&mut self, key: &'k [u8]) -> std::result::Result<(Arc<[String]>, &'k str), String> {
         let text = std::str::from_utf8(key).map_err(|e| format!("not UTF-8: {e}"))?;
         let names = serde_json::from_str::<KeyNames>(text).map_err(|e| format!("not a JSON object: {e}"))?.0;
-        if names != ["schema", "payload"] {
+        let is_wrapper =
+            names.len() == 2 && names.iter().any(|n| n == "schema") && names.iter().any(|n| n == "payload");
+        if !is_wrapper {
             return Ok((names.into(), text));
         }
         #[derive(Deserialize)]

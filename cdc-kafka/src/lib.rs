@@ -1,2 +1,388 @@
-//! Kafka source for the pipeline: consumer group, seek to the sinks' durable
-//! offsets, commit after apply, dead-letter topic.
+//! Kafka source for the pipeline: a consumer group subscribed to the
+//! Debezium topics, partitions started right after the offsets every sink
+//! durably holds, Kafka offsets committed only after every sink applied a
+//! batch, a dead-letter topic for poison records, clean shutdown.
+//!
+//! ```no_run
+//! # async fn run(pipeline: &mut cdc_core::pipeline::Pipeline) -> cdc_core::Result<()> {
+//! use cdc_kafka::{KafkaConfig, KafkaSource};
+//!
+//! let config = KafkaConfig::new("localhost:29092", "cdc-rust-consumer");
+//! let source = KafkaSource::new(&config, pipeline).await?;
+//! let summary = source.run(pipeline, tokio::signal::ctrl_c()).await?;
+//! println!("{} records", summary.records);
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use cdc_core::pipeline::{DeadLetter, DeadLetterStore, Pipeline};
+use cdc_core::{Error, Offsets, RawRecord, Result};
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use serde::Deserialize;
+
+/// Where and what to consume.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Consumer group.
+    pub group_id: String,
+    /// Topics or, starting with `^`, regular expressions.
+    #[serde(default = "default_topics")]
+    pub topics: Vec<String>,
+    /// Dead-letter topic name: the source topic plus this suffix. Unset keeps
+    /// dead letters in the log only (and in memory).
+    #[serde(default = "default_dlq_suffix")]
+    pub dlq_suffix: Option<String>,
+    /// Seconds between progress lines.
+    #[serde(default = "default_progress")]
+    pub progress_secs: u64,
+    /// Extra librdkafka settings (security, timeouts).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_topics() -> Vec<String> {
+    vec![r"^cdc\.public\..*".into()]
+}
+fn default_dlq_suffix() -> Option<String> {
+    Some(".dlq".into())
+}
+fn default_progress() -> u64 {
+    10
+}
+
+impl KafkaConfig {
+    pub fn new(brokers: impl Into<String>, group_id: impl Into<String>) -> KafkaConfig {
+        KafkaConfig {
+            brokers: brokers.into(),
+            group_id: group_id.into(),
+            topics: default_topics(),
+            dlq_suffix: default_dlq_suffix(),
+            progress_secs: default_progress(),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    fn client(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
+fn kafka_error(error: rdkafka::error::KafkaError) -> Error {
+    Error::Sink { sink: "kafka".into(), message: error.to_string(), retriable: true }
+}
+
+/// Shared between the consumer's rebalance callback and the run loop.
+#[derive(Default)]
+struct Shared {
+    /// Where each partition resumes: after the offset every sink holds.
+    resume: Offsets,
+    /// Partitions revoked since the loop last looked.
+    revoked: Vec<(String, i32)>,
+    assigned: Vec<(String, i32)>,
+}
+
+/// Starts assigned partitions right after what the sinks hold.
+struct Context {
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl ClientContext for Context {}
+
+impl ConsumerContext for Context {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let mut shared = self.shared.lock().expect("lock");
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let elements: Vec<(String, i32)> =
+                    tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+                for (topic, partition) in &elements {
+                    if let Some(held) = shared.resume.get(topic, *partition) {
+                        let _ = tpl.set_partition_offset(topic, *partition, Offset::Offset(held + 1));
+                    }
+                }
+                tracing::info!(partitions = ?elements, "assigned");
+                shared.assigned.extend(elements);
+                if let Err(error) = consumer.assign(tpl) {
+                    tracing::error!(%error, "assigning partitions failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let elements: Vec<(String, i32)> =
+                    tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
+                tracing::info!(partitions = ?elements, "revoked");
+                shared.assigned.retain(|p| !elements.contains(p));
+                shared.revoked.extend(elements);
+                if let Err(error) = consumer.unassign() {
+                    tracing::error!(%error, "unassigning partitions failed");
+                }
+            }
+            other => tracing::error!(error = ?other, "rebalance error"),
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunSummary {
+    pub records: u64,
+    pub batches: u64,
+    pub dead_letters: u64,
+}
+
+/// The Kafka consumer feeding a [`Pipeline`].
+pub struct KafkaSource {
+    consumer: Arc<StreamConsumer<Context>>,
+    shared: Arc<Mutex<Shared>>,
+    progress: Duration,
+}
+
+impl KafkaSource {
+    /// Creates the consumer (no auto-commit, earliest offset for partitions
+    /// no sink holds) and subscribes; partitions start after the offsets the
+    /// pipeline's sinks hold.
+    pub async fn new(config: &KafkaConfig, pipeline: &mut Pipeline) -> Result<KafkaSource> {
+        let resume = pipeline.resume_offsets().await?;
+        let shared = Arc::new(Mutex::new(Shared { resume, ..Shared::default() }));
+        let mut client = config.client();
+        client
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("topic.metadata.refresh.interval.ms", "5000");
+        let consumer: StreamConsumer<Context> =
+            client.create_with_context(Context { shared: shared.clone() }).map_err(kafka_error)?;
+        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics).map_err(kafka_error)?;
+        Ok(KafkaSource {
+            consumer: Arc::new(consumer),
+            shared,
+            progress: Duration::from_secs(config.progress_secs.max(1)),
+        })
+    }
+
+    /// Consumes until `shutdown` completes: batches by the pipeline's policy,
+    /// commits to Kafka after every sink applied a batch, flushes and commits
+    /// the open batch on shutdown.
+    pub async fn run(self, pipeline: &mut Pipeline, shutdown: impl std::future::Future) -> Result<RunSummary> {
+        self.run_until(pipeline, shutdown, None).await
+    }
+
+    /// Like [`run`](Self::run), and also stops once no record arrived for
+    /// `idle` after the first one (a backfill, the demo), or when none
+    /// arrived within a minute.
+    pub async fn run_until(
+        self,
+        pipeline: &mut Pipeline,
+        shutdown: impl std::future::Future,
+        idle: Option<Duration>,
+    ) -> Result<RunSummary> {
+        tokio::pin!(shutdown);
+        let started = Instant::now();
+        let mut last_message: Option<Instant> = None;
+        let mut last_progress = Instant::now();
+        let mut last_records = 0;
+        let tick = Duration::from_millis(100);
+        // A reader task keeps librdkafka's queue drained (and its rebalance
+        // callbacks served) while the sinks apply a batch.
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<OwnedMessage>(20_000);
+        let consumer = self.consumer.clone();
+        let reader = tokio::spawn(async move {
+            loop {
+                match consumer.recv().await {
+                    Ok(message) => {
+                        if sender.send(message.detach()).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "Kafka consumer error"),
+                }
+            }
+        });
+        loop {
+            let message = tokio::select! {
+                _ = &mut shutdown => break,
+                message = tokio::time::timeout(tick, receiver.recv()) => message,
+            };
+            let revoked = std::mem::take(&mut self.shared.lock().expect("lock").revoked);
+            if !revoked.is_empty() {
+                pipeline.abandon(&revoked);
+            }
+            match message {
+                Ok(Some(message)) => {
+                    last_message = Some(Instant::now());
+                    let record = RawRecord {
+                        topic: message.topic(),
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        key: message.key(),
+                        value: message.payload(),
+                    };
+                    pipeline.push(record).await?;
+                }
+                Ok(None) => break,
+                Err(_) => {} // no message within the tick: check the latency limit
+            }
+            let quiet = match last_message {
+                Some(last) => idle.is_some_and(|idle| last.elapsed() >= idle),
+                None => idle.is_some() && started.elapsed() >= Duration::from_secs(60),
+            };
+            if quiet {
+                break;
+            }
+            if pipeline.pending() > 0 && pipeline.due() {
+                self.flush(pipeline).await?;
+            }
+            if last_progress.elapsed() >= self.progress {
+                let records = pipeline.stats().records;
+                let rate = (records - last_records) as f64 / last_progress.elapsed().as_secs_f64();
+                tracing::info!(
+                    records,
+                    rate = format!("{rate:.0}/s"),
+                    batches = pipeline.stats().batches,
+                    last_batch_ms = pipeline.stats().last_batch.as_millis() as u64,
+                    assigned = self.shared.lock().expect("lock").assigned.len(),
+                    dead_letters = pipeline.stats().dead_letters,
+                    "progress"
+                );
+                last_progress = Instant::now();
+                last_records = records;
+            }
+        }
+        reader.abort();
+        self.flush(pipeline).await?;
+        let stats = pipeline.stats();
+        Ok(RunSummary { records: stats.records, batches: stats.batches, dead_letters: stats.dead_letters })
+    }
+
+    async fn flush(&self, pipeline: &mut Pipeline) -> Result<()> {
+        let applied = pipeline.flush().await?;
+        if applied.is_empty() {
+            return Ok(());
+        }
+        // The sinks hold it now: a later rebalance resumes after it.
+        let mut commit = TopicPartitionList::new();
+        {
+            let mut shared = self.shared.lock().expect("lock");
+            shared.resume.merge(&applied);
+            for (topic, partition, offset) in applied.iter() {
+                if shared.assigned.iter().any(|(t, p)| t == topic && *p == partition) {
+                    let _ = commit.add_partition_offset(topic, partition, Offset::Offset(offset + 1));
+                }
+            }
+        }
+        // Group offsets serve monitoring; the sinks' offsets are the truth.
+        if commit.count() > 0
+            && let Err(error) = self.consumer.commit(&commit, CommitMode::Async)
+        {
+            tracing::warn!(%error, "committing offsets to Kafka failed");
+        }
+        Ok(())
+    }
+}
+
+/// Dead letters as Kafka records on `<topic><suffix>`, with the error and
+/// the original position in headers.
+pub struct KafkaDeadLetters {
+    producer: FutureProducer,
+    suffix: String,
+}
+
+impl KafkaDeadLetters {
+    pub fn new(config: &KafkaConfig, suffix: impl Into<String>) -> Result<KafkaDeadLetters> {
+        let producer: FutureProducer =
+            config.client().set("message.timeout.ms", "30000").create().map_err(kafka_error)?;
+        Ok(KafkaDeadLetters { producer, suffix: suffix.into() })
+    }
+}
+
+#[async_trait]
+impl DeadLetterStore for KafkaDeadLetters {
+    async fn store(&mut self, letter: DeadLetter) -> Result<()> {
+        let topic = format!("{}{}", letter.position.topic, self.suffix);
+        let partition = letter.position.partition.to_string();
+        let offset = letter.position.offset.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "cdc.error", value: Some(letter.error.as_str()) })
+            .insert(Header { key: "cdc.topic", value: Some(&*letter.position.topic) })
+            .insert(Header { key: "cdc.partition", value: Some(partition.as_str()) })
+            .insert(Header { key: "cdc.offset", value: Some(offset.as_str()) })
+            .insert(Header { key: "cdc.sink", value: letter.sink.as_deref() });
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).headers(headers);
+        if let Some(key) = &letter.key {
+            record = record.key(key.as_slice());
+        }
+        if let Some(value) = &letter.value {
+            record = record.payload(value.as_slice());
+        }
+        self.producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| kafka_error(e))?;
+        Ok(())
+    }
+}
+
+/// A record to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// Publishes records (for the demo, tests and benchmarks).
+pub struct Publisher {
+    producer: FutureProducer,
+}
+
+impl Publisher {
+    pub fn new(brokers: &str) -> Result<Publisher> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "30000")
+            .create()
+            .map_err(kafka_error)?;
+        Ok(Publisher { producer })
+    }
+
+    /// Sends one record to a partition and waits for it to be stored.
+    pub async fn send(&self, topic: &str, partition: i32, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<i64> {
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).partition(partition);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        let delivery = self.producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| kafka_error(e))?;
+        Ok(delivery.offset)
+    }
+
+    /// Sends many records, waiting for all of them.
+    pub async fn send_all(&self, records: &[OutgoingRecord]) -> Result<()> {
+        let sends = records.iter().map(|r| self.send(&r.topic, r.partition, r.key.as_deref(), r.value.as_deref()));
+        for result in futures::future::join_all(sends).await {
+            result?;
+        }
+        Ok(())
+    }
+}
