@@ -215,8 +215,15 @@ async fn run_demo(mut config: Config) -> anyhow::Result<()> {
     let publisher = Publisher::new(&brokers)?;
     let started = Instant::now();
     for chunk in records.chunks(5_000) {
-        let batch: Vec<_> =
-            chunk.iter().map(|r| (r.topic.clone(), r.partition, Some(r.key.clone()), r.value.clone())).collect();
+        let batch: Vec<OutgoingRecord> = chunk
+            .iter()
+            .map(|r| OutgoingRecord {
+                topic: r.topic.clone(),
+                partition: r.partition,
+                key: Some(r.key.clone()),
+                value: r.value.clone(),
+            })
+            .collect();
         publisher.send_all(&batch).await?;
     }
     println!("demo: published in {:.1}s", started.elapsed().as_secs_f64());
