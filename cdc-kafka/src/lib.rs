@@ -269,6 +269,7 @@ impl KafkaSource {
             }
         }
         reader.abort();
+        let _ = reader.await; // releases its handle on the consumer, which leaves the group when dropped
         self.flush(pipeline).await?;
         let stats = pipeline.stats();
         Ok(RunSummary { records: stats.records, batches: stats.batches, dead_letters: stats.dead_letters })
