@@ -286,3 +286,30 @@ async fn run_demo(mut config: Config) -> anyhow::Result<()> {
     println!("try: cargo run --example query -- \"SELECT status, count(*) FROM orders GROUP BY status\"");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configuration_parses() {
+        let config = Config::load(Some(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/consumer.example.toml"
+        ))))
+        .unwrap();
+        assert_eq!(config.kafka.brokers, "localhost:29092");
+        assert_eq!(config.kafka.topics, [r"^cdc\.public\..*"]);
+        assert!(config.delta.enabled && config.target.enabled && !config.datalake.enabled);
+        assert_eq!(config.batch.max_records, 50_000);
+    }
+
+    #[test]
+    fn a_wrong_key_is_named() {
+        let error =
+            toml::from_str::<Config>("[kafka]\nbrokers = \"b\"\ngroup_id = \"g\"\nbroker = \"typo\"\n").unwrap_err();
+        assert!(error.to_string().contains("unknown field `broker`"), "{error}");
+        let error = toml::from_str::<Config>("[delta]\nroot = \"x\"\nsoft_delete = \"yes\"\n").unwrap_err();
+        assert!(error.to_string().contains("soft_delete") || error.to_string().contains("invalid type"), "{error}");
+    }
+}
