@@ -11,6 +11,14 @@ use cdc_sinks::{DeltaConfig, DeltaSink};
 
 use crate::support::*;
 
+/// The fixture's change events of `customers`, as records.
+fn customer_records() -> Vec<Record> {
+    fixture_records("schemas")
+        .into_iter()
+        .filter(|r| matches!(r, Record::Change(e) if e.source.table == "customers"))
+        .collect()
+}
+
 fn config(dir: &tempfile::TempDir) -> DeltaConfig {
     DeltaConfig::new(dir.path().to_str().unwrap())
 }
@@ -135,9 +143,7 @@ async fn delta_tables_follow_the_fixture() {
 async fn time_travel_by_version_and_timestamp() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(&dir);
-    let records = fixture_records("schemas");
-    let customers: Vec<Record> =
-        records.iter().filter(|r| matches!(r, Record::Change(e) if e.source.table == "customers")).cloned().collect();
+    let customers = customer_records();
     let mut sink = DeltaSink::new(config.clone());
     sink.apply(&Batch::from_records(customers[..5].to_vec())).await.unwrap(); // the snapshot
     let after_snapshot = chrono::Utc::now();
@@ -228,9 +234,7 @@ async fn restart_between_table_commits_loses_and_doubles_nothing() {
 async fn python_deltalake_reads_the_tables() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(&dir);
-    let records = fixture_records("schemas");
-    let customers: Vec<Record> =
-        records.iter().filter(|r| matches!(r, Record::Change(e) if e.source.table == "customers")).cloned().collect();
+    let customers = customer_records();
     let mut sink = DeltaSink::new(config.clone());
     for chunk in customers.chunks(4) {
         sink.apply(&Batch::from_records(chunk.to_vec())).await.unwrap();
@@ -276,9 +280,7 @@ async fn soft_delete_keeps_flagged_rows() {
     let mut config = config(&dir);
     config.soft_delete = true;
     config.history = false;
-    let records = fixture_records("schemas");
-    let customers: Vec<Record> =
-        records.iter().filter(|r| matches!(r, Record::Change(e) if e.source.table == "customers")).cloned().collect();
+    let customers = customer_records();
     let mut sink = DeltaSink::new(config.clone());
     for chunk in customers.chunks(3) {
         sink.apply(&Batch::from_records(chunk.to_vec())).await.unwrap();
@@ -332,9 +334,7 @@ async fn maintenance_keeps_the_tables_readable() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(&dir);
     config.checkpoint_interval = 5;
-    let records = fixture_records("schemas");
-    let customers: Vec<Record> =
-        records.iter().filter(|r| matches!(r, Record::Change(e) if e.source.table == "customers")).cloned().collect();
+    let customers = customer_records();
     let mut sink = DeltaSink::new(config.clone());
     for record in &customers {
         sink.apply(&Batch::from_records([record.clone()])).await.unwrap();
