@@ -389,7 +389,7 @@ fn pg_text(data_type: &DataType, value: &Value, geometry_as_point: bool) -> Opti
             text.push('}');
             text
         }
-        (_, Value::Date(_) | Value::Time(_) | Value::Timestamp(_) | Value::TimestampTz(_)) => return None,
+        // Dates and times travel binary; nothing else reaches text staging.
         _ => return None,
     })
 }
