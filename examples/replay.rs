@@ -41,8 +41,16 @@ struct Args {
     batch: usize,
 }
 
-/// A line as a Kafka record: (topic, partition, offset, key, value).
-fn parse_line(line: &str, number: usize) -> anyhow::Result<(String, i32, i64, Option<String>, Option<String>)> {
+/// One input line as a Kafka record.
+struct Line {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Option<String>,
+    value: Option<String>,
+}
+
+fn parse_line(line: &str, number: usize) -> anyhow::Result<Line> {
     let json: Value = serde_json::from_str(line).with_context(|| format!("line {number}: not JSON"))?;
     // As JSON text: strings holding JSON are taken as they are.
     let text = |v: Option<&Value>| -> Option<String> {
@@ -56,7 +64,7 @@ fn parse_line(line: &str, number: usize) -> anyhow::Result<(String, i32, i64, Op
         let value = json.get("value").or_else(|| json.get("payload"));
         let partition = json.get("partition").and_then(Value::as_i64).unwrap_or(0) as i32;
         let offset = json.get("offset").and_then(Value::as_i64).unwrap_or(number as i64);
-        return Ok((topic.to_owned(), partition, offset, text(json.get("key")), text(value)));
+        return Ok(Line { topic: topic.to_owned(), partition, offset, key: text(json.get("key")), value: text(value) });
     }
     // A bare envelope: the topic is the table's, the line number the offset.
     let payload = json.get("payload").unwrap_or(&json);
@@ -69,7 +77,7 @@ fn parse_line(line: &str, number: usize) -> anyhow::Result<(String, i32, i64, Op
         source.get("schema").and_then(Value::as_str).unwrap_or("public"),
         source.get("table").and_then(Value::as_str).unwrap_or("unknown")
     );
-    Ok((topic, 0, number as i64, None, Some(line.to_owned())))
+    Ok(Line { topic, partition: 0, offset: number as i64, key: None, value: Some(line.to_owned()) })
 }
 
 #[tokio::main]
@@ -110,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let (topic, partition, offset, key, value) = parse_line(&line, number)?;
+        let Line { topic, partition, offset, key, value } = parse_line(&line, number)?;
         let position = cdc_lakehouse::core::Position::new(topic.as_str(), partition, offset);
         if resume.holds(&position) {
             skipped += 1;
