@@ -304,6 +304,53 @@ mod tests {
         assert_eq!(config.batch.max_records, 50_000);
     }
 
+    /// The demo's records decode to exactly the schemas real Debezium's
+    /// records of the same tables have.
+    #[test]
+    fn demo_records_have_the_fixture_shape() {
+        use cdc_lakehouse::core::{RawRecord, Record};
+        let mut decoder = Decoder::new();
+        let mut fixture_schemas = std::collections::BTreeMap::new();
+        for line in include_str!("../tests/fixtures/debezium/schemas.jsonl").lines() {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            let topic = record["topic"].as_str().unwrap().to_owned();
+            if record["value"]["payload"]["op"] != "r" || fixture_schemas.contains_key(&topic) {
+                continue;
+            }
+            let (key, value) = (record["key"].to_string(), record["value"].to_string());
+            let raw = RawRecord {
+                topic: &topic,
+                partition: 0,
+                offset: 0,
+                key: Some(key.as_bytes()),
+                value: Some(value.as_bytes()),
+            };
+            if let Record::Change(event) = decoder.decode(raw).unwrap() {
+                fixture_schemas.insert(topic.clone(), event.schema.clone());
+            }
+        }
+        let records = demo::Generator::new().generate(&demo::Volume { customers: 20, products: 10, orders: 200 });
+        let mut ops = std::collections::BTreeSet::new();
+        for (offset, record) in records.iter().enumerate() {
+            let raw = RawRecord {
+                topic: &record.topic,
+                partition: record.partition,
+                offset: offset as i64,
+                key: Some(&record.key),
+                value: record.value.as_deref(),
+            };
+            match Decoder::new().decode(raw).unwrap() {
+                Record::Change(event) => {
+                    assert_eq!(*event.schema, *fixture_schemas[&record.topic], "{}", record.topic);
+                    ops.insert(event.op.code());
+                }
+                Record::Tombstone { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(ops.into_iter().collect::<Vec<_>>(), ["c", "d", "u"]);
+    }
+
     #[test]
     fn a_wrong_key_is_named() {
         let error =
