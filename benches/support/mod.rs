@@ -1,5 +1,6 @@
 //! Synthetic Debezium records in the shape real Debezium writes (schemas on,
 //! Connect Decimal, MicroTimestamp, sequence), decoded by the real decoder.
+// Each bench uses part of this module.
 #![allow(dead_code)]
 
 use cdc_lakehouse::core::{Batch, Decoder, RawRecord, Record};

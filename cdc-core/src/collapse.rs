@@ -63,9 +63,10 @@ pub fn collapse<'a>(events: &[&'a ChangeEvent]) -> Vec<TableChange<'a>> {
             rows.push(change);
             continue;
         };
-        match by_key.get(&key_bytes(key)) {
+        let key = key_bytes(key);
+        match by_key.get(&key) {
             None => {
-                by_key.insert(key_bytes(key), rows.len());
+                by_key.insert(key, rows.len());
                 rows.push(change);
             }
             Some(&i) => {

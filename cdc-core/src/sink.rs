@@ -76,15 +76,6 @@ impl Batch {
         batch
     }
 
-    /// The events of each source table (`schema.table`), in batch order.
-    pub fn by_table(&self) -> BTreeMap<String, Vec<&ChangeEvent>> {
-        let mut tables: BTreeMap<String, Vec<&ChangeEvent>> = BTreeMap::new();
-        for event in &self.events {
-            tables.entry(event.table().to_string()).or_default().push(event);
-        }
-        tables
-    }
-
     pub fn is_empty(&self) -> bool {
         self.events.is_empty() && self.offsets.is_empty()
     }
