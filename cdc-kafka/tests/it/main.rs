@@ -148,3 +148,41 @@ async fn fixture_through_kafka_with_restart_and_poison() {
     assert_eq!(header("cdc.topic").as_deref(), Some("cdc.public.customers"));
     assert!(header("cdc.error").unwrap().contains(&format!("cdc.public.customers[0]@{poison}")));
 }
+
+/// A second consumer joins the group mid-stream: partitions move between
+/// them, and every event still ends in the sink exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_consumer_joining_loses_and_doubles_nothing() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let records = fixture_records();
+    for topic in records.iter().map(|r| r.topic.clone()).collect::<std::collections::BTreeSet<_>>() {
+        cluster.create_topic(&topic, 1, 1).unwrap();
+    }
+    let publisher = Publisher::new(&brokers).unwrap();
+    let half = records.len() / 2;
+    publisher.send_all(&records[..half]).await.unwrap();
+    let sink = Recording::default();
+    let first = {
+        let (brokers, sink) = (brokers.clone(), sink.clone());
+        tokio::spawn(async move { consume(&brokers, &sink, false).await })
+    };
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let second = {
+        let (brokers, sink) = (brokers.clone(), sink.clone());
+        tokio::spawn(async move { consume(&brokers, &sink, false).await })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    publisher.send_all(&records[half..]).await.unwrap();
+    let (a, b) = (first.await.unwrap(), second.await.unwrap());
+    assert!(a > 0 && b > 0, "both consumers took part: {a} and {b} records");
+
+    let decoded = decode_with(&mut Decoder::new(), "schemas");
+    let state = sink.state.lock().unwrap();
+    let mut applied = state.1.clone();
+    let total = applied.len();
+    applied.sort();
+    applied.dedup();
+    assert_eq!(applied.len(), total, "no event applied twice");
+    assert_eq!(total, changes(&decoded).len(), "no event lost");
+}
