@@ -55,6 +55,29 @@ fn fixture_records() -> Vec<OutgoingRecord> {
         .collect()
 }
 
+/// librdkafka's in-process cluster with one single-partition topic per
+/// fixture topic, and a publisher for it.
+fn kafka_with_topics(
+    records: &[OutgoingRecord],
+) -> (MockCluster<'static, rdkafka::producer::DefaultProducerContext>, String, Publisher) {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    for topic in records.iter().map(|r| r.topic.clone()).collect::<std::collections::BTreeSet<_>>() {
+        cluster.create_topic(&topic, 1, 1).unwrap();
+    }
+    let publisher = Publisher::new(&brokers).unwrap();
+    (cluster, brokers, publisher)
+}
+
+/// Every change event of the fixture was applied, none twice.
+fn assert_each_event_once(applied: &[Position], decoded: &[cdc_core::Record]) {
+    let mut distinct = applied.to_vec();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), applied.len(), "no event applied twice");
+    assert_eq!(applied.len(), changes(decoded).len(), "no event lost");
+}
+
 async fn consume(brokers: &str, sink: &Recording, dlq: bool) -> u64 {
     let mut config = KafkaConfig::new(brokers, "cdc-test");
     config.progress_secs = 1;
@@ -83,13 +106,8 @@ async fn consume(brokers: &str, sink: &Recording, dlq: bool) -> u64 {
 /// position in the headers while the rest applies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixture_through_kafka_with_restart_and_poison() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
     let records = fixture_records();
-    for topic in records.iter().map(|r| r.topic.clone()).collect::<std::collections::BTreeSet<_>>() {
-        cluster.create_topic(&topic, 1, 1).unwrap();
-    }
-    let publisher = Publisher::new(&brokers).unwrap();
+    let (_cluster, brokers, publisher) = kafka_with_topics(&records);
     let half = records.len() / 2;
     publisher.send_all(&records[..half]).await.unwrap();
     let poison = publisher.send("cdc.public.customers", 0, Some(b"{\"id\":1}"), Some(b"{\"op\":\"c\"")).await.unwrap();
@@ -121,12 +139,7 @@ async fn fixture_through_kafka_with_restart_and_poison() {
     let (actual, wanted) = (rows(&state.0), rows(&expected));
     assert_eq!(actual.len(), wanted.len());
     assert!(actual == wanted, "the state through Kafka differs from applying the fixture directly");
-    let mut applied = state.1.clone();
-    let total = applied.len();
-    applied.sort();
-    applied.dedup();
-    assert_eq!(applied.len(), total, "no event applied twice");
-    assert_eq!(total, changes(&decoded).len(), "no event lost");
+    assert_each_event_once(&state.1, &decoded);
     drop(state);
 
     // The poison record is in cdc.public.customers.dlq with its position.
@@ -153,13 +166,8 @@ async fn fixture_through_kafka_with_restart_and_poison() {
 /// them, and every event still ends in the sink exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_consumer_joining_loses_and_doubles_nothing() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
     let records = fixture_records();
-    for topic in records.iter().map(|r| r.topic.clone()).collect::<std::collections::BTreeSet<_>>() {
-        cluster.create_topic(&topic, 1, 1).unwrap();
-    }
-    let publisher = Publisher::new(&brokers).unwrap();
+    let (_cluster, brokers, publisher) = kafka_with_topics(&records);
     let half = records.len() / 2;
     publisher.send_all(&records[..half]).await.unwrap();
     let sink = Recording::default();
@@ -178,11 +186,5 @@ async fn a_second_consumer_joining_loses_and_doubles_nothing() {
     assert!(a > 0 && b > 0, "both consumers took part: {a} and {b} records");
 
     let decoded = decode_with(&mut Decoder::new(), "schemas");
-    let state = sink.state.lock().unwrap();
-    let mut applied = state.1.clone();
-    let total = applied.len();
-    applied.sort();
-    applied.dedup();
-    assert_eq!(applied.len(), total, "no event applied twice");
-    assert_eq!(total, changes(&decoded).len(), "no event lost");
+    assert_each_event_once(&sink.state.lock().unwrap().1, &decoded);
 }
