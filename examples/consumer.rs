@@ -15,18 +15,18 @@
 //! cargo run --release --example consumer -- --config consumer.toml
 //! CDC_BROKERS=localhost:29092 CDC_TARGET_URL=postgres://... cargo run --release --example consumer
 //! ```
+mod config;
 mod demo;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use cdc_lakehouse::core::pipeline::{BatchPolicy, DeadLetterStore, MemoryDeadLetters, OnError, Pipeline, op_counts};
-use cdc_lakehouse::core::{Decoder, Sink};
-use cdc_lakehouse::kafka::{KafkaConfig, KafkaDeadLetters, KafkaSource, OutgoingRecord, Publisher};
+use anyhow::bail;
+use cdc_lakehouse::core::Decoder;
+use cdc_lakehouse::core::pipeline::{DeadLetterStore, MemoryDeadLetters, Pipeline, op_counts};
+use cdc_lakehouse::kafka::{KafkaDeadLetters, KafkaSource, OutgoingRecord, Publisher};
 use cdc_lakehouse::sinks::delta::time_travel::{self, AsOf};
-use cdc_lakehouse::sinks::{DeltaConfig, DeltaSink, PgConnectionConfig, PgDatalakeSink, PgTargetSink};
 use clap::Parser;
-use serde::Deserialize;
+use config::Config;
 
 /// Consume Debezium change events and apply them to Delta Lake and PostgreSQL.
 #[derive(Parser)]
@@ -40,115 +40,6 @@ struct Args {
     /// Stop after no record arrived for this many seconds (0: run until Ctrl-C).
     #[arg(long, default_value_t = 0)]
     stop_when_idle_secs: u64,
-}
-
-/// The consumer's configuration. Every key is optional; defaults are the
-/// seed deployment's.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct Config {
-    kafka: KafkaConfig,
-    batch: BatchPolicy,
-    /// `dead-letter` (default) or `fail-fast`.
-    on_error: OnError,
-    delta: Toggle<DeltaConfig>,
-    target: Toggle<UrlSink>,
-    datalake: Toggle<UrlSink>,
-}
-
-/// A sink section: `enabled = false` switches it off.
-#[derive(Debug, Deserialize)]
-struct Toggle<T> {
-    #[serde(default = "yes")]
-    enabled: bool,
-    #[serde(flatten)]
-    settings: T,
-}
-
-fn yes() -> bool {
-    true
-}
-
-#[derive(Debug, Deserialize)]
-struct UrlSink {
-    url: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            kafka: KafkaConfig::new("localhost:29092", "cdc-rust-consumer"),
-            batch: BatchPolicy::default(),
-            on_error: OnError::default(),
-            delta: Toggle { enabled: true, settings: DeltaConfig::new("./deltalake") },
-            target: Toggle {
-                enabled: true,
-                settings: UrlSink { url: "postgres://target_user:target_password@localhost:5435/target_db".into() },
-            },
-            datalake: Toggle {
-                enabled: true,
-                settings: UrlSink {
-                    url: "postgres://datalake_user:datalake_password@localhost:5434/datalake_db".into(),
-                },
-            },
-        }
-    }
-}
-
-impl Config {
-    fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
-        let mut config = match path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("invalid configuration in {}", path.display()))?
-            }
-            None => Config::default(),
-        };
-        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        if let Some(v) = env("CDC_BROKERS") {
-            config.kafka.brokers = v;
-        }
-        if let Some(v) = env("CDC_GROUP_ID") {
-            config.kafka.group_id = v;
-        }
-        if let Some(v) = env("CDC_DELTA_ROOT") {
-            config.delta.settings.root = v;
-        }
-        if let Some(v) = env("CDC_TARGET_URL") {
-            config.target.settings.url = v;
-        }
-        if let Some(v) = env("CDC_DATALAKE_URL") {
-            config.datalake.settings.url = v;
-        }
-        for (name, toggle) in [
-            ("CDC_DELTA", &mut config.delta.enabled),
-            ("CDC_TARGET", &mut config.target.enabled),
-            ("CDC_DATALAKE", &mut config.datalake.enabled),
-        ] {
-            if let Some(v) = env(&format!("{name}_ENABLED")) {
-                *toggle = match v.as_str() {
-                    "1" | "true" | "yes" => true,
-                    "0" | "false" | "no" => false,
-                    other => bail!("{name}_ENABLED must be true or false, not {other:?}"),
-                };
-            }
-        }
-        Ok(config)
-    }
-
-    fn sinks(&self) -> Vec<Box<dyn Sink>> {
-        let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-        if self.delta.enabled {
-            sinks.push(Box::new(DeltaSink::new(self.delta.settings.clone())));
-        }
-        if self.target.enabled {
-            sinks.push(Box::new(PgTargetSink::new(PgConnectionConfig::new(&self.target.settings.url))));
-        }
-        if self.datalake.enabled {
-            sinks.push(Box::new(PgDatalakeSink::new(PgConnectionConfig::new(&self.datalake.settings.url))));
-        }
-        sinks
-    }
 }
 
 #[tokio::main]

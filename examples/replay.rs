@@ -1,7 +1,8 @@
 //! Applies recorded Debezium records from a JSON Lines file (or stdin) to the
-//! sinks given on the command line, through the same decoder, batching,
-//! ordering and sink code as the Kafka consumer: for backfills and for
-//! reproducing an incident.
+//! sinks given on the command line or in the consumer's configuration file,
+//! through the same decoder, batching, ordering and sink code as the Kafka
+//! consumer: for backfills and for reproducing an incident. Records every
+//! sink already holds are skipped, so an interrupted replay can be rerun.
 //!
 //! Each line is a bare Debezium envelope, or a Kafka record object with
 //! `topic`, optional `partition` and `offset`, and `key` and `value` (or
@@ -11,15 +12,16 @@
 //! ```sh
 //! cargo run --example replay -- --input tests/fixtures/debezium/schemas.jsonl --delta-root ./deltalake
 //! kcat -C -b localhost:29092 -t cdc.public.orders -J -e | cargo run --example replay -- --input - --target-url postgres://...
+//! cargo run --example replay -- --input dump.jsonl --config consumer.toml
 //! ```
-use std::io::BufRead;
+mod config;
 
 use anyhow::{Context, bail};
-use cdc_lakehouse::core::pipeline::{BatchPolicy, MemoryDeadLetters, Pipeline};
-use cdc_lakehouse::core::{Decoder, RawRecord, Sink};
-use cdc_lakehouse::sinks::{DeltaConfig, DeltaSink, PgConnectionConfig, PgDatalakeSink, PgTargetSink};
+use cdc_lakehouse::core::Decoder;
+use cdc_lakehouse::core::jsonl::{self, JsonlDeadLetters};
+use cdc_lakehouse::core::pipeline::Pipeline;
 use clap::Parser;
-use serde_json::Value;
+use config::Config;
 
 /// Replay recorded Debezium records into the sinks.
 #[derive(Parser)]
@@ -27,6 +29,10 @@ struct Args {
     /// JSON Lines file, or `-` for stdin.
     #[arg(long)]
     input: String,
+    /// The consumer's TOML configuration: its enabled sinks, batch and error
+    /// settings. Without it, only the sinks given below are used.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
     /// Delta tables root.
     #[arg(long)]
     delta_root: Option<String>,
@@ -36,48 +42,12 @@ struct Args {
     /// PostgreSQL data-lake URL.
     #[arg(long)]
     datalake_url: Option<String>,
+    /// Where records that cannot be applied go (JSON Lines, replayable once fixed).
+    #[arg(long, default_value = "dead-letters.jsonl")]
+    dead_letters: std::path::PathBuf,
     /// Records per batch.
     #[arg(long, default_value_t = 10_000)]
     batch: usize,
-}
-
-/// One input line as a Kafka record.
-struct Line {
-    topic: String,
-    partition: i32,
-    offset: i64,
-    key: Option<String>,
-    value: Option<String>,
-}
-
-fn parse_line(line: &str, number: usize) -> anyhow::Result<Line> {
-    let json: Value = serde_json::from_str(line).with_context(|| format!("line {number}: not JSON"))?;
-    // As JSON text: strings holding JSON are taken as they are.
-    let text = |v: Option<&Value>| -> Option<String> {
-        match v {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(other) => Some(other.to_string()),
-        }
-    };
-    if let Some(topic) = json.get("topic").and_then(Value::as_str) {
-        let value = json.get("value").or_else(|| json.get("payload"));
-        let partition = json.get("partition").and_then(Value::as_i64).unwrap_or(0) as i32;
-        let offset = json.get("offset").and_then(Value::as_i64).unwrap_or(number as i64);
-        return Ok(Line { topic: topic.to_owned(), partition, offset, key: text(json.get("key")), value: text(value) });
-    }
-    // A bare envelope: the topic is the table's, the line number the offset.
-    let payload = json.get("payload").unwrap_or(&json);
-    let source = payload
-        .get("source")
-        .with_context(|| format!("line {number}: neither a Kafka record nor a Debezium envelope"))?;
-    let topic = format!(
-        "{}.{}.{}",
-        source.get("name").and_then(Value::as_str).unwrap_or("cdc"),
-        source.get("schema").and_then(Value::as_str).unwrap_or("public"),
-        source.get("table").and_then(Value::as_str).unwrap_or("unknown")
-    );
-    Ok(Line { topic, partition: 0, offset: number as i64, key: None, value: Some(line.to_owned()) })
 }
 
 #[tokio::main]
@@ -89,61 +59,51 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-    if let Some(root) = &args.delta_root {
-        sinks.push(Box::new(DeltaSink::new(DeltaConfig::new(root))));
+    let mut config = Config::load(args.config.as_deref())?;
+    if args.config.is_none() {
+        // Only what the command line names.
+        config.delta.enabled = false;
+        config.target.enabled = false;
+        config.datalake.enabled = false;
+        config.batch.max_records = args.batch;
     }
-    if let Some(url) = &args.target_url {
-        sinks.push(Box::new(PgTargetSink::new(PgConnectionConfig::new(url))));
+    for (flag, toggle, setting) in [
+        (&args.delta_root, &mut config.delta.enabled, &mut config.delta.settings.root),
+        (&args.target_url, &mut config.target.enabled, &mut config.target.settings.url),
+        (&args.datalake_url, &mut config.datalake.enabled, &mut config.datalake.settings.url),
+    ] {
+        if let Some(value) = flag {
+            *toggle = true;
+            *setting = value.clone();
+        }
     }
-    if let Some(url) = &args.datalake_url {
-        sinks.push(Box::new(PgDatalakeSink::new(PgConnectionConfig::new(url))));
-    }
+    let sinks = config.sinks();
     if sinks.is_empty() {
-        bail!("give at least one sink: --delta-root, --target-url or --datalake-url");
+        bail!("give at least one sink: --delta-root, --target-url, --datalake-url or --config");
     }
-    let policy = BatchPolicy { max_records: args.batch, max_bytes: 256 << 20, max_latency_ms: u64::MAX };
-    let mut pipeline = Pipeline::new(Decoder::new().keep_raw_json(true), sinks, Box::new(MemoryDeadLetters::default()))
-        .with_policy(policy);
-    let resume = pipeline.resume_offsets().await?;
-    let reader: Box<dyn BufRead> = match args.input.as_str() {
-        "-" => Box::new(std::io::stdin().lock()),
+    // A file has no latency: batches close by size only.
+    config.batch.max_latency_ms = u64::MAX;
+    let dead_letters = Box::new(JsonlDeadLetters::new(&args.dead_letters));
+    let mut pipeline = Pipeline::new(Decoder::new().keep_raw_json(true), sinks, dead_letters)
+        .with_policy(config.batch.clone())
+        .with_on_error(config.on_error);
+    let summary = match args.input.as_str() {
+        "-" => jsonl::replay(std::io::stdin().lock(), "stdin", &mut pipeline).await?,
         path => {
-            Box::new(std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("opening {path}"))?))
+            let file = std::fs::File::open(path).with_context(|| format!("opening {path}"))?;
+            jsonl::replay(std::io::BufReader::new(file), path, &mut pipeline).await?
         }
     };
-    let mut skipped = 0;
-    for (number, line) in reader.lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let Line { topic, partition, offset, key, value } = parse_line(&line, number)?;
-        let position = cdc_lakehouse::core::Position::new(topic.as_str(), partition, offset);
-        if resume.holds(&position) {
-            skipped += 1;
-            continue;
-        }
-        let record = RawRecord {
-            topic: &topic,
-            partition,
-            offset,
-            key: key.as_deref().map(str::as_bytes),
-            value: value.as_deref().map(str::as_bytes),
-        };
-        pipeline.push(record).await?;
-        if pipeline.due() {
-            pipeline.flush().await?;
-        }
-    }
-    pipeline.flush().await?;
     let stats = pipeline.stats();
     println!(
-        "replayed {} records ({skipped} already held) in {} batches, {} dead letters",
-        stats.records, stats.batches, stats.dead_letters
+        "replayed {} records ({} already held) in {} batches, {} dead letters",
+        summary.records, summary.skipped, stats.batches, stats.dead_letters
     );
     for ((table, op), n) in &stats.events {
         println!("  {table:<24} {op} {n:>8}");
+    }
+    if stats.dead_letters > 0 {
+        bail!("{} records could not be applied: see {}", stats.dead_letters, args.dead_letters.display());
     }
     Ok(())
 }

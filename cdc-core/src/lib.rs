@@ -25,6 +25,7 @@ mod collapse;
 mod decode;
 mod error;
 mod event;
+pub mod jsonl;
 #[cfg(feature = "test-utils")]
 pub mod memory;
 pub mod pipeline;

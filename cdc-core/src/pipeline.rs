@@ -225,22 +225,35 @@ impl Pipeline {
                 self.pending.push(decoded);
                 Ok(())
             }
-            Err(error) if self.on_error == OnError::FailFast => Err(error),
-            Err(error) => {
-                tracing::warn!(%error, "dead-lettering a record that cannot be decoded");
-                self.dead_letter(DeadLetter {
-                    position: record.position(),
-                    key: record.key.map(<[u8]>::to_vec),
-                    value: record.value.map(<[u8]>::to_vec),
-                    sink: None,
-                    error: error.to_string(),
-                })
-                .await?;
-                // Its offset still counts: later batches cover it.
-                self.pending.push(Record::Heartbeat { position: record.position(), ts_ms: None });
-                Ok(())
-            }
+            Err(error) => self.dead_letter_record(record, error).await,
         }
+    }
+
+    /// Takes a record that cannot be read (decoding failed, or a caller's own
+    /// parsing did): dead-letters it and goes on (or, fail-fast, returns the
+    /// error). Its offset still counts as consumed.
+    pub async fn reject(&mut self, record: RawRecord<'_>, error: Error) -> Result<()> {
+        self.batch_started.get_or_insert_with(Instant::now);
+        self.stats.records += 1;
+        self.dead_letter_record(record, error).await
+    }
+
+    async fn dead_letter_record(&mut self, record: RawRecord<'_>, error: Error) -> Result<()> {
+        if self.on_error == OnError::FailFast {
+            return Err(error);
+        }
+        tracing::warn!(%error, "dead-lettering a record that cannot be decoded");
+        self.dead_letter(DeadLetter {
+            position: record.position(),
+            key: record.key.map(<[u8]>::to_vec),
+            value: record.value.map(<[u8]>::to_vec),
+            sink: None,
+            error: error.to_string(),
+        })
+        .await?;
+        // Later batches cover its offset.
+        self.pending.push(Record::Heartbeat { position: record.position(), ts_ms: None });
+        Ok(())
     }
 
     /// Whether the open batch reached a limit of the policy.

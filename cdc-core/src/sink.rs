@@ -117,4 +117,10 @@ pub trait Sink: Send {
 
     /// Applies a batch atomically with its offsets; see the trait docs.
     async fn apply(&mut self, batch: &Batch) -> Result<()>;
+
+    /// A short state for progress lines (the Delta sink: each table's
+    /// version); `None` when there is nothing worth showing.
+    fn status(&self) -> Option<String> {
+        None
+    }
 }

@@ -3,10 +3,7 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
-
-use crate::{ChangeEvent, Decoder, RawRecord, Record};
+use crate::{ChangeEvent, Decoder, Record};
 
 /// The workspace root.
 pub fn repo_root() -> PathBuf {
@@ -14,53 +11,15 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// One captured Kafka record, key and value as the exact bytes JsonConverter wrote.
-#[derive(Debug, Clone)]
-pub struct FixtureRecord {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<String>,
-    pub value: Option<String>,
-}
-
-impl FixtureRecord {
-    pub fn raw(&self) -> RawRecord<'_> {
-        RawRecord {
-            topic: &self.topic,
-            partition: self.partition,
-            offset: self.offset,
-            key: self.key.as_deref().map(str::as_bytes),
-            value: self.value.as_deref().map(str::as_bytes),
-        }
-    }
-}
+pub type FixtureRecord = crate::jsonl::KafkaRecord;
 
 /// Loads `tests/fixtures/debezium/<name>.jsonl`.
 pub fn load(name: &str) -> Vec<FixtureRecord> {
-    #[derive(Deserialize)]
-    struct Line<'a> {
-        topic: String,
-        partition: i32,
-        offset: i64,
-        #[serde(borrow)]
-        key: &'a RawValue,
-        #[serde(borrow)]
-        value: &'a RawValue,
-    }
     let path = repo_root().join("tests/fixtures/debezium").join(format!("{name}.jsonl"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines()
-        .map(|line| {
-            let l: Line<'_> = serde_json::from_str(line).expect("fixture line");
-            let opt = |raw: &RawValue| (raw.get() != "null").then(|| raw.get().to_owned());
-            FixtureRecord {
-                topic: l.topic,
-                partition: l.partition,
-                offset: l.offset,
-                key: opt(l.key),
-                value: opt(l.value),
-            }
-        })
+        .enumerate()
+        .map(|(number, line)| crate::jsonl::parse_line(line, name, number as u64).expect("fixture line"))
         .collect()
 }
 

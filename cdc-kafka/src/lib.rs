@@ -96,7 +96,12 @@ struct Shared {
     resume: Offsets,
     /// Partitions revoked since the loop last looked.
     revoked: Vec<(String, i32)>,
+    /// Partitions assigned since the loop last looked.
+    newly_assigned: Vec<(String, i32)>,
     assigned: Vec<(String, i32)>,
+    /// Per partition: records not yet durably applied (from librdkafka's
+    /// statistics: high watermark minus the committed offset).
+    lag: BTreeMap<(String, i32), i64>,
 }
 
 /// Starts assigned partitions right after what the sinks hold.
@@ -104,7 +109,21 @@ struct Context {
     shared: Arc<Mutex<Shared>>,
 }
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut shared = self.shared.lock().expect("lock");
+        for (topic, stats) in statistics.topics {
+            for (partition, p) in stats.partitions {
+                // Partition -1 is librdkafka's internal queue; -1 lag is unknown.
+                if partition >= 0 && p.consumer_lag >= 0 {
+                    shared.lag.insert((topic.clone(), partition), p.consumer_lag);
+                }
+            }
+        }
+        let assigned = shared.assigned.clone();
+        shared.lag.retain(|tp, _| assigned.contains(tp));
+    }
+}
 
 impl ConsumerContext for Context {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
@@ -119,7 +138,8 @@ impl ConsumerContext for Context {
                     }
                 }
                 tracing::info!(partitions = ?elements, "assigned");
-                shared.assigned.extend(elements);
+                shared.assigned.extend(elements.iter().cloned());
+                shared.newly_assigned.extend(elements);
                 if let Err(error) = consumer.assign(tpl) {
                     tracing::error!(%error, "assigning partitions failed");
                 }
@@ -168,7 +188,8 @@ impl KafkaSource {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            .set("topic.metadata.refresh.interval.ms", "5000");
+            .set("topic.metadata.refresh.interval.ms", "5000")
+            .set("statistics.interval.ms", (config.progress_secs.max(1) * 1000).to_string());
         let consumer: StreamConsumer<Context> =
             client.create_with_context(Context { shared: shared.clone() }).map_err(kafka_error)?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
@@ -223,9 +244,15 @@ impl KafkaSource {
                 _ = &mut shutdown => break,
                 message = tokio::time::timeout(tick, receiver.recv()) => message,
             };
-            let revoked = std::mem::take(&mut self.shared.lock().expect("lock").revoked);
+            let (revoked, assigned) = {
+                let mut shared = self.shared.lock().expect("lock");
+                (std::mem::take(&mut shared.revoked), std::mem::take(&mut shared.newly_assigned))
+            };
             if !revoked.is_empty() {
                 pipeline.abandon(&revoked);
+            }
+            if !assigned.is_empty() {
+                self.catch_up(pipeline, assigned).await?;
             }
             match message {
                 Ok(Some(message)) => {
@@ -254,16 +281,7 @@ impl KafkaSource {
             }
             if last_progress.elapsed() >= self.progress {
                 let records = pipeline.stats().records;
-                let rate = (records - last_records) as f64 / last_progress.elapsed().as_secs_f64();
-                tracing::info!(
-                    records,
-                    rate = format!("{rate:.0}/s"),
-                    batches = pipeline.stats().batches,
-                    last_batch_ms = pipeline.stats().last_batch.as_millis() as u64,
-                    assigned = self.shared.lock().expect("lock").assigned.len(),
-                    dead_letters = pipeline.stats().dead_letters,
-                    "progress"
-                );
+                self.log_progress(pipeline, (records - last_records) as f64 / last_progress.elapsed().as_secs_f64());
                 last_progress = Instant::now();
                 last_records = records;
             }
@@ -273,6 +291,61 @@ impl KafkaSource {
         self.flush(pipeline).await?;
         let stats = pipeline.stats();
         Ok(RunSummary { records: stats.records, batches: stats.batches, dead_letters: stats.dead_letters })
+    }
+
+    /// Partitions that moved here may have advanced under their previous
+    /// owner (the sinks are shared): re-read what the sinks hold now and skip
+    /// ahead, rather than have the sinks skip a stretch already applied.
+    async fn catch_up(&self, pipeline: &mut Pipeline, assigned: Vec<(String, i32)>) -> Result<()> {
+        let held = pipeline.resume_offsets().await?;
+        let mut seeks = Vec::new();
+        {
+            let mut shared = self.shared.lock().expect("lock");
+            for (topic, partition) in assigned {
+                let Some(offset) = held.get(&topic, partition) else { continue };
+                if shared.resume.get(&topic, partition).is_none_or(|known| known < offset) {
+                    shared.resume.set(topic.as_str().into(), partition, offset);
+                    seeks.push((topic, partition, offset + 1));
+                }
+            }
+        }
+        if seeks.is_empty() {
+            return Ok(());
+        }
+        let consumer = self.consumer.clone();
+        tokio::task::spawn_blocking(move || {
+            for (topic, partition, offset) in seeks {
+                // A failed seek costs time, not correctness: the sinks skip what they hold.
+                match consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(5)) {
+                    Ok(()) => tracing::info!(topic, partition, offset, "skipped ahead to what the sinks hold"),
+                    Err(error) => tracing::debug!(topic, partition, %error, "seek after assignment failed"),
+                }
+            }
+        })
+        .await
+        .map_err(|e| Error::Sink { sink: "kafka".into(), message: e.to_string(), retriable: false })
+    }
+
+    fn log_progress(&self, pipeline: &Pipeline, rate: f64) {
+        let stats = pipeline.stats();
+        let shared = self.shared.lock().expect("lock");
+        let lag_total: i64 = shared.lag.values().sum();
+        let lagging: Vec<String> =
+            shared.lag.iter().filter(|(_, lag)| **lag > 0).map(|((t, p), lag)| format!("{t}[{p}]={lag}")).collect();
+        let sinks: Vec<String> =
+            pipeline.sinks().iter().filter_map(|s| Some(format!("{}: {}", s.name(), s.status()?))).collect();
+        tracing::info!(
+            records = stats.records,
+            rate = format!("{rate:.0}/s"),
+            batches = stats.batches,
+            last_batch_ms = stats.last_batch.as_millis() as u64,
+            assigned = shared.assigned.len(),
+            lag = lag_total,
+            lagging = lagging.join(" "),
+            sinks = sinks.join("; "),
+            dead_letters = stats.dead_letters,
+            "progress"
+        );
     }
 
     async fn flush(&self, pipeline: &mut Pipeline) -> Result<()> {

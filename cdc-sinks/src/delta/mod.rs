@@ -229,16 +229,19 @@ async fn read_offsets(config: &DeltaConfig, table: &DeltaTable) -> Result<Offset
         return Ok(offsets);
     }
     let infos: Vec<_> = table.history(Some(OFFSETS_LOOKBACK)).try_collect().await.map_err(|e| delta_error(&e))?;
-    let Some(listed) = infos.iter().find_map(|info| info.info.get(OFFSETS_METADATA)) else {
-        return Ok(offsets);
-    };
-    let listed: Vec<(String, i32, i64)> = serde_json::from_value(listed.clone()).map_err(|e| Error::Sink {
-        sink: NAME.into(),
-        message: format!("commit metadata {OFFSETS_METADATA} is not readable: {e}"),
-        retriable: false,
-    })?;
+    // Concurrent writers (consumers of one group) each list what they know:
+    // the union of recent lists names every partition.
+    let mut listed = std::collections::BTreeSet::new();
+    for value in infos.iter().filter_map(|info| info.info.get(OFFSETS_METADATA)) {
+        let list: Vec<(String, i32, i64)> = serde_json::from_value(value.clone()).map_err(|e| Error::Sink {
+            sink: NAME.into(),
+            message: format!("commit metadata {OFFSETS_METADATA} is not readable: {e}"),
+            retriable: false,
+        })?;
+        listed.extend(list.into_iter().map(|(topic, partition, _)| (topic, partition)));
+    }
     let snapshot = table.snapshot().map_err(|e| delta_error(&e))?;
-    for (topic, partition, _) in listed {
+    for (topic, partition) in listed {
         let version = snapshot
             .transaction_version(table.log_store().as_ref(), config.app_id(&topic, partition))
             .await
@@ -483,6 +486,14 @@ impl Sink for DeltaSink {
         NAME
     }
 
+    fn status(&self) -> Option<String> {
+        let versions = self.versions();
+        let history = self.history.as_ref().and_then(|h| h.table.version());
+        let tables = versions.iter().map(|(table, v)| format!("{table}@v{v}"));
+        let all: Vec<String> = tables.chain(history.map(|v| format!("{}@v{v}", history::TABLE))).collect();
+        (!all.is_empty()).then(|| all.join(" "))
+    }
+
     /// The offsets of every table under the root (and the history table):
     /// per topic-partition the lowest any of them holds.
     async fn durable_offsets(&mut self) -> Result<Offsets> {
@@ -497,6 +508,9 @@ impl Sink for DeltaSink {
                     .or_insert(offset);
             }
         };
+        // Re-read every table: another consumer of the group may have advanced it.
+        self.tables.clear();
+        self.history = None;
         for name in names {
             let state = self.state(&name).await?;
             record(&state.held);
