@@ -182,6 +182,11 @@ impl KafkaSource {
         let resume = pipeline.resume_offsets().await?;
         let shared = Arc::new(Mutex::new(Shared { resume, ..Shared::default() }));
         let mut client = config.client();
+        if !config.properties.contains_key("partition.assignment.strategy") {
+            // Debezium writes one topic per table, often of one partition: the
+            // default range assignor would give every such topic to one member.
+            client.set("partition.assignment.strategy", "roundrobin");
+        }
         client
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
