@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh machine (the README's test command):
-# installs what is missing (Debian's PostgreSQL), starts a throwaway PostgreSQL
-# cluster with wal_level=logical on a free port, exports its URL to the tests as
-# CDC_TEST_PG_URL, checks formatting and lints, runs the tests, stops the cluster.
+# installs what is missing (Debian's PostgreSQL and docker-compose, the Python
+# deltalake reader), starts a throwaway PostgreSQL cluster with wal_level=logical
+# on a free port, exports its URL to the tests as CDC_TEST_PG_URL, checks
+# formatting and lints, runs the tests, then the local end-to-end run with real
+# Debezium (scripts/e2e-local.sh), and stops the cluster.
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -p cdc-core     # extra arguments go to the test runner
@@ -15,6 +17,16 @@ if ! python3 -c 'import deltalake, pyarrow' 2>/dev/null; then
     echo "installing the Python deltalake reader (pip)..."
     python3 -m pip install --quiet --disable-pip-version-check deltalake pyarrow
 fi
+
+apt_install() {
+    [ "$(id -u)" = 0 ] || { echo "please install Debian's $* (apt-get install $*)" >&2; exit 1; }
+    echo "installing $* from Debian's archive..."
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+# docker-compose validates docker-compose.yml offline (tests/deployment.rs);
+# the JDK runs real Debezium (scripts/e2e-local.sh).
+command -v docker-compose >/dev/null || apt_install docker-compose
+command -v javac >/dev/null || apt_install openjdk-17-jdk-headless
 
 pg_dir=$(mktemp -d /tmp/cdc-test-pg.XXXXXX)
 chmod 755 "$pg_dir"
@@ -33,4 +45,10 @@ if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --all-features --locked --no-fail-fast "$@"
 else
     cargo test --workspace --all-features --locked --no-fail-fast "$@"
+fi
+
+# The whole deployment as local processes, with real Debezium (skipped when
+# the arguments select some tests only).
+if [ $# -eq 0 ]; then
+    scripts/e2e-local.sh
 fi
