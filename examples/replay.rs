@@ -20,6 +20,7 @@ use anyhow::{Context, bail};
 use cdc_lakehouse::core::Decoder;
 use cdc_lakehouse::core::jsonl::{self, JsonlDeadLetters};
 use cdc_lakehouse::core::pipeline::Pipeline;
+use cdc_lakehouse::sinks::PgUrl;
 use clap::Parser;
 use config::Config;
 
@@ -67,14 +68,14 @@ async fn main() -> anyhow::Result<()> {
         config.datalake.enabled = false;
         config.batch.max_records = args.batch;
     }
-    for (flag, toggle, setting) in [
-        (&args.delta_root, &mut config.delta.enabled, &mut config.delta.settings.root),
-        (&args.target_url, &mut config.target.enabled, &mut config.target.settings.url),
-        (&args.datalake_url, &mut config.datalake.enabled, &mut config.datalake.settings.url),
-    ] {
-        if let Some(value) = flag {
-            *toggle = true;
-            *setting = value.clone();
+    if let Some(root) = &args.delta_root {
+        config.delta.enabled = true;
+        config.delta.settings.root = root.clone();
+    }
+    for (url, section) in [(&args.target_url, &mut config.target), (&args.datalake_url, &mut config.datalake)] {
+        if let Some(url) = url {
+            section.enabled = true;
+            section.settings.url = PgUrl::new(url.as_str());
         }
     }
     let sinks = config.sinks();
@@ -86,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
     let dead_letters = Box::new(JsonlDeadLetters::new(&args.dead_letters));
     let mut pipeline = Pipeline::new(Decoder::new().keep_raw_json(true), sinks, dead_letters)
         .with_policy(config.batch.clone())
+        .with_retry(config.retry.clone())
         .with_on_error(config.on_error);
     let summary = match args.input.as_str() {
         "-" => jsonl::replay(std::io::stdin().lock(), "stdin", &mut pipeline).await?,

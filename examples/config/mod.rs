@@ -4,27 +4,29 @@
 
 use anyhow::{Context, bail};
 use cdc_lakehouse::core::Sink;
-use cdc_lakehouse::core::pipeline::{BatchPolicy, OnError};
+use cdc_lakehouse::core::pipeline::{BatchPolicy, OnError, RetryPolicy};
 use cdc_lakehouse::kafka::KafkaConfig;
-use cdc_lakehouse::sinks::{DeltaConfig, DeltaSink, PgConnectionConfig, PgDatalakeSink, PgTargetSink};
+use cdc_lakehouse::sinks::{DeltaConfig, DeltaSink, PgConnectionConfig, PgDatalakeSink, PgTargetSink, PgUrl};
 use serde::Deserialize;
 
 /// The consumer's configuration. Every key is optional; defaults are the
 /// seed deployment's.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub kafka: KafkaConfig,
     pub batch: BatchPolicy,
     /// `dead-letter` (default) or `fail-fast`.
     pub on_error: OnError,
+    /// Backoff for sink outages (retriable errors).
+    pub retry: RetryPolicy,
     pub delta: Toggle<DeltaConfig>,
-    pub target: Toggle<UrlSink>,
-    pub datalake: Toggle<UrlSink>,
+    pub target: Toggle<PgConnectionConfig>,
+    pub datalake: Toggle<PgConnectionConfig>,
 }
 
 /// A sink section: `enabled = false` switches it off.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, PartialEq)]
 pub struct Toggle<T> {
     #[serde(default = "yes")]
     pub enabled: bool,
@@ -36,27 +38,23 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Deserialize)]
-pub struct UrlSink {
-    pub url: String,
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
             kafka: KafkaConfig::new("localhost:29092", "cdc-rust-consumer"),
             batch: BatchPolicy::default(),
             on_error: OnError::default(),
+            retry: RetryPolicy::default(),
             delta: Toggle { enabled: true, settings: DeltaConfig::new("./deltalake") },
             target: Toggle {
                 enabled: true,
-                settings: UrlSink { url: "postgres://target_user:target_password@localhost:5435/target_db".into() },
+                settings: PgConnectionConfig::new("postgres://target_user:target_password@localhost:5435/target_db"),
             },
             datalake: Toggle {
                 enabled: true,
-                settings: UrlSink {
-                    url: "postgres://datalake_user:datalake_password@localhost:5434/datalake_db".into(),
-                },
+                settings: PgConnectionConfig::new(
+                    "postgres://datalake_user:datalake_password@localhost:5434/datalake_db",
+                ),
             },
         }
     }
@@ -82,10 +80,10 @@ impl Config {
             config.delta.settings.root = v;
         }
         if let Some(v) = env("CDC_TARGET_URL") {
-            config.target.settings.url = v;
+            config.target.settings.url = PgUrl::new(v);
         }
         if let Some(v) = env("CDC_DATALAKE_URL") {
-            config.datalake.settings.url = v;
+            config.datalake.settings.url = PgUrl::new(v);
         }
         for (name, toggle) in [
             ("CDC_DELTA", &mut config.delta.enabled),
@@ -109,10 +107,10 @@ impl Config {
             sinks.push(Box::new(DeltaSink::new(self.delta.settings.clone())));
         }
         if self.target.enabled {
-            sinks.push(Box::new(PgTargetSink::new(PgConnectionConfig::new(&self.target.settings.url))));
+            sinks.push(Box::new(PgTargetSink::new(self.target.settings.clone())));
         }
         if self.datalake.enabled {
-            sinks.push(Box::new(PgDatalakeSink::new(PgConnectionConfig::new(&self.datalake.settings.url))));
+            sinks.push(Box::new(PgDatalakeSink::new(self.datalake.settings.clone())));
         }
         sinks
     }
