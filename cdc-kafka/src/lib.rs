@@ -18,6 +18,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod metrics;
+
+pub use metrics::Metrics;
+
 use async_trait::async_trait;
 use cdc_core::pipeline::{DeadLetter, DeadLetterStore, Pipeline};
 use cdc_core::{Error, Offsets, RawRecord, Result};
@@ -51,6 +55,9 @@ pub struct KafkaConfig {
     /// Extra librdkafka settings (security, timeouts).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// Serve Prometheus metrics on this address (`0.0.0.0:9464`); unset: off.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
 }
 
 fn default_topics() -> Vec<String> {
@@ -72,6 +79,7 @@ impl KafkaConfig {
             dlq_suffix: default_dlq_suffix(),
             progress_secs: default_progress(),
             properties: BTreeMap::new(),
+            metrics_listen: None,
         }
     }
 
@@ -172,6 +180,7 @@ pub struct KafkaSource {
     consumer: Arc<StreamConsumer<Context>>,
     shared: Arc<Mutex<Shared>>,
     progress: Duration,
+    metrics: Option<(Arc<Metrics>, std::net::SocketAddr)>,
 }
 
 impl KafkaSource {
@@ -199,11 +208,31 @@ impl KafkaSource {
             client.create_with_context(Context { shared: shared.clone() }).map_err(kafka_error)?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics).map_err(kafka_error)?;
+        let metrics = match &config.metrics_listen {
+            Some(listen) => {
+                let metrics = Arc::new(Metrics::default());
+                Some((metrics.clone(), metrics.serve(listen).await?))
+            }
+            None => None,
+        };
         Ok(KafkaSource {
             consumer: Arc::new(consumer),
             shared,
             progress: Duration::from_secs(config.progress_secs.max(1)),
+            metrics,
         })
+    }
+
+    /// Where the Prometheus metrics are served, when `metrics_listen` is set.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(|(_, address)| *address)
+    }
+
+    fn update_metrics(&self, pipeline: &Pipeline) {
+        if let Some((metrics, _)) = &self.metrics {
+            let shared = self.shared.lock().expect("lock");
+            metrics.update(pipeline.stats(), shared.assigned.len(), &shared.lag);
+        }
     }
 
     /// Consumes until `shutdown` completes: batches by the pipeline's policy,
@@ -286,6 +315,7 @@ impl KafkaSource {
             }
             if last_progress.elapsed() >= self.progress {
                 let records = pipeline.stats().records;
+                self.update_metrics(pipeline);
                 self.log_progress(pipeline, (records - last_records) as f64 / last_progress.elapsed().as_secs_f64());
                 last_progress = Instant::now();
                 last_records = records;
@@ -355,6 +385,7 @@ impl KafkaSource {
 
     async fn flush(&self, pipeline: &mut Pipeline) -> Result<()> {
         let applied = pipeline.flush().await?;
+        self.update_metrics(pipeline);
         if applied.is_empty() {
             return Ok(());
         }

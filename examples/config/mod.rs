@@ -76,6 +76,9 @@ impl Config {
         if let Some(v) = env("CDC_GROUP_ID") {
             config.kafka.group_id = v;
         }
+        if let Some(v) = env("CDC_METRICS_LISTEN") {
+            config.kafka.metrics_listen = Some(v);
+        }
         if let Some(v) = env("CDC_DELTA_ROOT") {
             config.delta.settings.root = v;
         }

@@ -188,3 +188,45 @@ async fn a_second_consumer_joining_loses_and_doubles_nothing() {
     let decoded = decode_with(&mut Decoder::new(), "schemas");
     assert_each_event_once(&sink.state.lock().unwrap().1, &decoded);
 }
+
+/// The Prometheus endpoint serves what the run did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_reports_the_run() {
+    let records = fixture_records();
+    let (_cluster, brokers, publisher) = kafka_with_topics(&records);
+    publisher.send_all(&records).await.unwrap();
+    let mut config = KafkaConfig::new(&brokers, "cdc-metrics-test");
+    config.metrics_listen = Some("127.0.0.1:0".into());
+    let sink = Recording::default();
+    let mut pipeline = Pipeline::new(
+        Decoder::new(),
+        vec![Box::new(sink.clone())],
+        Box::new(cdc_core::pipeline::MemoryDeadLetters::default()),
+    );
+    let source = KafkaSource::new(&config, &mut pipeline).await.unwrap();
+    let address = source.metrics_address().expect("metrics served");
+    let summary =
+        source.run_until(&mut pipeline, std::future::pending::<()>(), Some(Duration::from_secs(3))).await.unwrap();
+
+    let body = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    })
+    .await
+    .unwrap();
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    assert!(body.contains(&format!("cdc_records_total {}\n", summary.records)), "{body}");
+    let customers_snapshot = changes(&decode_with(&mut Decoder::new(), "schemas"))
+        .iter()
+        .filter(|e| e.table().to_string() == "public.customers" && e.op.code() == "r")
+        .count();
+    assert!(
+        body.contains(&format!("cdc_events_total{{table=\"public.customers\",op=\"r\"}} {customers_snapshot}\n")),
+        "{body}"
+    );
+    assert!(body.contains("cdc_dead_letters_total 0\n"), "{body}");
+}
