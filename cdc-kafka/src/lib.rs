@@ -365,8 +365,13 @@ impl KafkaSource {
         let stats = pipeline.stats();
         let shared = self.shared.lock().expect("lock");
         let lag_total: i64 = shared.lag.values().sum();
-        let lagging: Vec<String> =
-            shared.lag.iter().filter(|(_, lag)| **lag > 0).map(|((t, p), lag)| format!("{t}[{p}]={lag}")).collect();
+        // The five partitions furthest behind; the metrics endpoint has them all.
+        let mut behind: Vec<(&(String, i32), &i64)> = shared.lag.iter().filter(|(_, lag)| **lag > 0).collect();
+        behind.sort_by_key(|(_, lag)| std::cmp::Reverse(**lag));
+        let mut lagging: Vec<String> = behind.iter().take(5).map(|((t, p), lag)| format!("{t}[{p}]={lag}")).collect();
+        if behind.len() > 5 {
+            lagging.push(format!("+{} more", behind.len() - 5));
+        }
         let sinks: Vec<String> =
             pipeline.sinks().iter().filter_map(|s| Some(format!("{}: {}", s.name(), s.status()?))).collect();
         tracing::info!(
