@@ -531,11 +531,14 @@ impl Sink for DeltaSink {
         for event in &batch.events {
             tables.entry(self.config.table_name(&event.source.schema, &event.source.table)).or_default().push(event);
         }
-        for (name, events) in &tables {
-            self.apply_table(name, events, &batch.offsets).await?;
-        }
+        // History first: an event a table refuses (dead-lettered) still
+        // happened at the source, and the history says so. A retried batch
+        // skips what the history already holds.
         if self.config.history {
             history::append(&self.config, &mut self.history, batch).await?;
+        }
+        for (name, events) in &tables {
+            self.apply_table(name, events, &batch.offsets).await?;
         }
         Ok(())
     }
