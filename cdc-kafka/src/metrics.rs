@@ -30,33 +30,24 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        let (records, batches, dead_letters) = (Counter::default(), Counter::default(), Counter::default());
+        let events = Family::<Labels, Counter>::default();
+        let last_batch_seconds = Gauge::<f64, AtomicU64>::default();
+        let assigned_partitions = Gauge::default();
+        let lag = Family::<Labels, Gauge>::default();
         let mut registry = Registry::with_prefix("cdc");
-        let metrics = Metrics {
-            records: Counter::default(),
-            batches: Counter::default(),
-            dead_letters: Counter::default(),
-            events: Family::default(),
-            last_batch_seconds: Gauge::default(),
-            assigned_partitions: Gauge::default(),
-            lag: Family::default(),
-            registry: Registry::default(),
-        };
-        registry.register("records", "Kafka records consumed", metrics.records.clone());
-        registry.register("batches", "Batches applied to every sink", metrics.batches.clone());
-        registry.register("dead_letters", "Records dead-lettered", metrics.dead_letters.clone());
-        registry.register("events", "Change events applied, by table and op", metrics.events.clone());
+        registry.register("records", "Kafka records consumed", records.clone());
+        registry.register("batches", "Batches applied to every sink", batches.clone());
+        registry.register("dead_letters", "Records dead-lettered", dead_letters.clone());
+        registry.register("events", "Change events applied, by table and op", events.clone());
         registry.register(
             "last_batch_seconds",
             "Time from a batch's first record to its last commit",
-            metrics.last_batch_seconds.clone(),
+            last_batch_seconds.clone(),
         );
-        registry.register(
-            "assigned_partitions",
-            "Partitions assigned to this consumer",
-            metrics.assigned_partitions.clone(),
-        );
-        registry.register("consumer_lag", "Records not yet durable in every sink, by partition", metrics.lag.clone());
-        Metrics { registry, ..metrics }
+        registry.register("assigned_partitions", "Partitions assigned to this consumer", assigned_partitions.clone());
+        registry.register("consumer_lag", "Records not yet durable in every sink, by partition", lag.clone());
+        Metrics { registry, records, batches, dead_letters, events, last_batch_seconds, assigned_partitions, lag }
     }
 }
 
