@@ -145,7 +145,7 @@ impl ConsumerContext for Context {
                         let _ = tpl.set_partition_offset(topic, *partition, Offset::Offset(held + 1));
                     }
                 }
-                tracing::info!(partitions = ?elements, "assigned");
+                tracing::info!(partitions = %summarize(&elements), "assigned");
                 shared.assigned.extend(elements.iter().cloned());
                 shared.newly_assigned.extend(elements);
                 if let Err(error) = consumer.assign(tpl) {
@@ -155,7 +155,7 @@ impl ConsumerContext for Context {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let elements: Vec<(String, i32)> =
                     tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
-                tracing::info!(partitions = ?elements, "revoked");
+                tracing::info!(partitions = %summarize(&elements), "revoked");
                 shared.assigned.retain(|p| !elements.contains(p));
                 shared.revoked.extend(elements);
                 if let Err(error) = consumer.unassign() {
@@ -165,6 +165,24 @@ impl ConsumerContext for Context {
             other => tracing::error!(error = ?other, "rebalance error"),
         }
     }
+}
+
+/// `topic[p,q,...]` per topic: readable even with hundreds of partitions.
+fn summarize(partitions: &[(String, i32)]) -> String {
+    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for (topic, partition) in partitions {
+        by_topic.entry(topic).or_default().push(*partition);
+    }
+    let topics: Vec<String> = by_topic
+        .into_iter()
+        .map(|(topic, mut ps)| {
+            ps.sort_unstable();
+            let listed: Vec<String> = ps.iter().take(8).map(i32::to_string).collect();
+            let more = if ps.len() > 8 { format!(",... {} in all", ps.len()) } else { String::new() };
+            format!("{topic}[{}{more}]", listed.join(","))
+        })
+        .collect();
+    topics.join(" ")
 }
 
 /// What a run did.
@@ -499,5 +517,17 @@ impl Publisher {
             result?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::summarize;
+
+    #[test]
+    fn partition_lists_stay_short() {
+        let mut partitions: Vec<(String, i32)> = (0..10).rev().map(|p| ("cdc.public.orders".to_owned(), p)).collect();
+        partitions.push(("cdc.public.customers".into(), 3));
+        assert_eq!(summarize(&partitions), "cdc.public.customers[3] cdc.public.orders[0,1,2,3,4,5,6,7,... 10 in all]");
     }
 }
