@@ -23,13 +23,24 @@ work=${CDC_E2E_DIR:-$(mktemp -d /tmp/cdc-e2e.XXXXXX)}
 mkdir -p "$work"
 chmod 755 "$work"
 echo "e2e-local: working in $work"
+# Every process started here runs in a process group of its own (setsid),
+# so stopping it stops its children too (the JVM and the broker of a pipe).
 pids=()
+spawn() { setsid "$@" & pids+=($!); }
 cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+    for _ in $(seq 1 50); do
+        alive=0
+        for pid in "${pids[@]}"; do kill -0 -- "-$pid" 2>/dev/null && alive=1; done
+        [ "$alive" = 0 ] && break
+        sleep 0.2
+    done
+    for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     "$root/scripts/pg-cluster.sh" stop "$work/pg"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 fail() { echo "e2e-local: $*" >&2; for f in debezium.log broker.log consumer.log; do echo "--- $f" >&2; tail -30 "$work/$f" >&2 || true; done; exit 1; }
 
 cargo build --quiet --locked --example consumer --example kafka_broker
@@ -67,20 +78,19 @@ for key, value in config.items():
 PY
 
 # Debezium -> broker (the records are also kept, to count what Debezium emitted).
-(java -cp "$libs/*:$work/java" DebeziumStream "$work/connector.properties" 2>"$work/debezium.log" \
-    | tee "$work/debezium.jsonl" \
-    | "$bin/kafka_broker" --publish-stdin --partitions 3 --address-file "$work/kafka.addr" 2>"$work/broker.log") &
-pids+=($!)
+spawn bash -c 'java -cp "$1/*:$2/java" DebeziumStream "$2/connector.properties" 2>"$2/debezium.log" \
+    | tee "$2/debezium.jsonl" \
+    | "$3/kafka_broker" --publish-stdin --partitions 3 --address-file "$2/kafka.addr" 2>"$2/broker.log"' \
+    _ "$libs" "$work" "$bin"
 for _ in $(seq 1 60); do [ -s "$work/kafka.addr" ] && break; sleep 1; done
 [ -s "$work/kafka.addr" ] || fail "the broker did not start"
 brokers=$(cat "$work/kafka.addr")
 
 # The consumer, configured as a user would: environment variables.
-CDC_BROKERS=$brokers CDC_GROUP_ID=e2e-local CDC_DELTA_ROOT=$work/deltalake \
-    CDC_TARGET_URL=$(db target_db) CDC_DATALAKE_URL=$(db datalake_db) \
-    "$bin/consumer" >"$work/consumer.log" 2>&1 &
-consumer=$!
-pids+=($consumer)
+spawn env CDC_BROKERS="$brokers" CDC_GROUP_ID=e2e-local CDC_DELTA_ROOT="$work/deltalake" \
+    CDC_TARGET_URL="$(db target_db)" CDC_DATALAKE_URL="$(db datalake_db)" \
+    "$bin/consumer" >"$work/consumer.log" 2>&1
+consumer=${pids[-1]}
 
 check() { python3 "$root/tests/e2e/check.py" "$(db source_db)" "$(db target_db)" "$(db datalake_db)" "$work/deltalake" "$work/debezium.jsonl" "$@"; }
 

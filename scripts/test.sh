@@ -51,4 +51,11 @@ fi
 # the arguments select some tests only).
 if [ $# -eq 0 ]; then
     scripts/e2e-local.sh
+    # It must stop everything it started, children of pipes included.
+    sleep 1
+    if left=$(pgrep -af 'DebeziumStream|examples/kafka_broker|examples/consumer'); then
+        echo "scripts/e2e-local.sh left processes running:" >&2
+        echo "$left" >&2
+        exit 1
+    fi
 fi

@@ -617,6 +617,7 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
         let mut extra_names = Vec::new();
         let mut extra_values = Vec::new();
         let mut next = 0;
+        let mut present = vec![false; fields.len()];
         while let Some(key) = map.next_key_seed(FieldSeed { schema: self.schema, hint: next })? {
             let (index, data_type, name) = match key {
                 FieldKey::Known(i) => (Some(i), &fields[i].data_type, None),
@@ -632,7 +633,10 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
             })?;
             match index {
                 Some(i) => {
-                    row[i] = value;
+                    if let (Some(slot), Some(seen)) = (row.get_mut(i), present.get_mut(i)) {
+                        *slot = value;
+                        *seen = true;
+                    }
                     next = i + 1;
                 }
                 None => {
@@ -640,6 +644,15 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
                     extra_values.push(value);
                 }
             }
+        }
+        // Kafka Connect's own converter rejects a record whose payload lacks
+        // a field its schema declares required; so do we, rather than apply
+        // NULL where the source cannot hold one.
+        if !self.schemaless
+            && let Some((field, _)) = fields.iter().zip(&present).find(|(f, seen)| !f.nullable && !**seen)
+        {
+            *self.failed_field.borrow_mut() = Some(field.name.clone());
+            return Err(de::Error::custom("required column (optional: false in the schema) is missing"));
         }
         row.extend(extra_values);
         Ok((row, extra_names))

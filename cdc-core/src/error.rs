@@ -49,16 +49,43 @@ pub enum Error {
     #[error("cannot convert table `{table}` column `{column}` to Arrow: {message}")]
     Arrow { table: String, column: String, message: String },
 
-    /// A sink failed; `retriable` says whether applying the same batch again may succeed.
+    /// A sink failed; `retriable` says whether applying the same batch again
+    /// may succeed (a lost race: a serialization failure, a deadlock, a
+    /// concurrent Delta commit). Anything caused by an event's data is not.
     #[error("sink `{sink}` failed: {message}")]
     Sink { sink: String, message: String, retriable: bool },
+
+    /// A store could not be reached or went away (connection lost, server
+    /// shutting down, I/O): an outage. Always retriable, and never a reason
+    /// to dead-letter an event, however long it lasts.
+    #[error("`{sink}` unavailable: {message}")]
+    Unavailable { sink: String, message: String },
 }
 
 impl Error {
     /// Whether the operation may succeed if tried again unchanged. Bad input
     /// never is; it belongs in the dead-letter store.
     pub fn is_retriable(&self) -> bool {
-        matches!(self, Error::Sink { retriable: true, .. })
+        matches!(self, Error::Sink { retriable: true, .. } | Error::Unavailable { .. })
+    }
+
+    /// Whether this is an outage: retried with backoff until it passes (or
+    /// the retry policy gives up), never turned into a dead letter.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, Error::Unavailable { .. })
+    }
+
+    /// The same failure judged as bad data: a retriable error that repeated
+    /// on the same batch beyond the retry policy's bound.
+    pub fn into_bad_data(self, attempts: u32) -> Error {
+        match self {
+            Error::Sink { sink, message, retriable: true } => Error::Sink {
+                sink,
+                message: format!("{message} (the same error {attempts} times in a row: treated as bad data)"),
+                retriable: false,
+            },
+            other => other,
+        }
     }
 
     /// The record this error is about, if it is about one record.

@@ -91,7 +91,7 @@ impl DeadLetterStore for MemoryDeadLetters {
     }
 }
 
-/// Backoff for sink failures that may pass (an outage).
+/// Backoff for sink failures that may pass (an outage, a lost race).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
@@ -102,6 +102,12 @@ pub struct RetryPolicy {
     /// Give up after this many attempts; unset retries until shutdown.
     #[serde(default)]
     pub max_attempts: Option<u32>,
+    /// A retriable error that is not an outage (no SQLSTATE, a conflict)
+    /// and repeats identically this many times on the same batch is taken
+    /// as bad data: the batch is split and the event that causes it is
+    /// dead-lettered, rather than retried for ever. Outages never are.
+    #[serde(default = "default_max_identical_errors")]
+    pub max_identical_errors: u32,
 }
 
 fn default_initial_ms() -> u64 {
@@ -110,6 +116,9 @@ fn default_initial_ms() -> u64 {
 fn default_max_backoff_ms() -> u64 {
     30_000
 }
+fn default_max_identical_errors() -> u32 {
+    10
+}
 
 impl Default for RetryPolicy {
     fn default() -> Self {
@@ -117,7 +126,20 @@ impl Default for RetryPolicy {
             initial_backoff_ms: default_initial_ms(),
             max_backoff_ms: default_max_backoff_ms(),
             max_attempts: None,
+            max_identical_errors: default_max_identical_errors(),
         }
+    }
+}
+
+impl RetryPolicy {
+    /// How long to wait after failed attempt number `attempt` (1-based), or
+    /// `None` when the policy gives up.
+    pub fn wait_after(&self, attempt: u32) -> Option<Duration> {
+        if self.max_attempts.is_some_and(|max| attempt >= max) {
+            return None;
+        }
+        let wait = self.initial_backoff_ms.saturating_mul(1 << attempt.min(16).saturating_sub(1));
+        Some(Duration::from_millis(wait.min(self.max_backoff_ms)))
     }
 }
 
@@ -196,8 +218,8 @@ impl Pipeline {
     /// beginning, or the group's committed offset, for it).
     pub async fn resume_offsets(&mut self) -> Result<Offsets> {
         let mut per_sink = Vec::new();
-        for sink in &mut self.sinks {
-            per_sink.push(sink.durable_offsets().await?);
+        for i in 0..self.sinks.len() {
+            per_sink.push(self.durable_offsets_with_backoff(i).await?);
         }
         let Some((first, rest)) = per_sink.split_first() else { return Ok(Offsets::new()) };
         let mut resume = Offsets::new();
@@ -208,6 +230,26 @@ impl Pipeline {
             }
         }
         Ok(resume)
+    }
+
+    /// Reads a sink's offsets, waiting out an outage as the retry policy says
+    /// (a sink down at start-up is the same outage as one mid-stream).
+    async fn durable_offsets_with_backoff(&mut self, i: usize) -> Result<Offsets> {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match self.sinks[i].durable_offsets().await {
+                Ok(offsets) => return Ok(offsets),
+                Err(error) if error.is_retriable() => match self.retry.wait_after(attempt) {
+                    Some(wait) => {
+                        tracing::warn!(sink = self.sinks[i].name(), %error, attempt, ?wait, "reading offsets failed; retrying");
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => return Err(error),
+                },
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// Decodes one record into the open batch. A record that cannot be
@@ -274,12 +316,17 @@ impl Pipeline {
         let revoked = |p: &Position| partitions.iter().any(|(t, n)| **t == *p.topic && *n == p.partition);
         self.pending.retain(|r| !revoked(r.position()));
         self.pending_raw.retain(|p, _| !revoked(p));
+        if self.pending.is_empty() {
+            self.pending_bytes = 0;
+            self.batch_started = None;
+        }
     }
 
     /// Applies the open batch to every sink and returns the offsets it
     /// covered (safe to commit to Kafka). Retriable sink failures are retried
     /// with backoff; a batch a sink refuses is split until the refused
-    /// events are found, which are dead-lettered (per sink).
+    /// events are found, which are dead-lettered (per sink) before any offset
+    /// moves past them.
     pub async fn flush(&mut self) -> Result<Offsets> {
         let records = std::mem::take(&mut self.pending);
         let raw = std::mem::take(&mut self.pending_raw);
@@ -290,23 +337,7 @@ impl Pipeline {
         }
         let batch = Batch::from_records(records);
         for i in 0..self.sinks.len() {
-            let refused = self.apply_isolating(i, &batch.events, &batch.offsets).await?;
-            for (event, error) in refused {
-                let (key, value) = raw.get(&event.position).cloned().unwrap_or_default();
-                let sink = self.sinks[i].name().to_owned();
-                if self.on_error == OnError::FailFast {
-                    return Err(error);
-                }
-                tracing::warn!(sink, %error, position = %event.position, "dead-lettering an event the sink refused");
-                self.dead_letter(DeadLetter {
-                    position: event.position.clone(),
-                    key,
-                    value,
-                    sink: Some(sink),
-                    error: error.to_string(),
-                })
-                .await?;
-            }
+            self.apply_isolating(i, &batch, &raw).await?;
         }
         for event in &batch.events {
             *self.stats.events.entry((event.table().to_string(), event.op.code())).or_default() += 1;
@@ -316,65 +347,114 @@ impl Pipeline {
         Ok(batch.offsets)
     }
 
+    /// Stores a dead letter, waiting out an outage of the store as the
+    /// retry policy says: nothing moves past the record until it is stored.
     async fn dead_letter(&mut self, letter: DeadLetter) -> Result<()> {
-        self.stats.dead_letters += 1;
-        self.dead_letters.store(letter).await
-    }
-
-    /// Applies `events` (with `offsets`) to sink `i`; on a non-retriable
-    /// error, halves the events until the refused ones are isolated, and
-    /// returns them. Offsets only move past what the sink applied.
-    async fn apply_isolating(
-        &mut self,
-        i: usize,
-        events: &[ChangeEvent],
-        offsets: &Offsets,
-    ) -> Result<Vec<(ChangeEvent, Error)>> {
-        let mut refused = Vec::new();
-        let mut stack = vec![(events.to_vec(), offsets.clone())];
-        while let Some((events, offsets)) = stack.pop() {
-            let batch = Batch { events, offsets };
-            match self.apply_with_backoff(i, &batch).await {
-                Ok(()) => {}
-                Err(error) if batch.events.len() <= 1 => {
-                    if let Some(event) = batch.events.into_iter().next() {
-                        refused.push((event, error));
-                    }
-                    // Move the offsets past it, so no sink waits on it again.
-                    self.apply_with_backoff(i, &Batch { events: Vec::new(), offsets: batch.offsets }).await?;
-                }
-                Err(_) => {
-                    let mid = batch.events.len() / 2;
-                    let mut first_offsets = Offsets::new();
-                    for event in &batch.events[..mid] {
-                        first_offsets.advance(&event.position);
-                    }
-                    let second = batch.events[mid..].to_vec();
-                    let first = batch.events[..mid].to_vec();
-                    // LIFO: the first half runs first.
-                    stack.push((second, batch.offsets));
-                    stack.push((first, first_offsets));
-                }
-            }
-        }
-        Ok(refused)
-    }
-
-    /// Applies with backoff while the error is retriable.
-    async fn apply_with_backoff(&mut self, i: usize, batch: &Batch) -> Result<()> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            match self.sinks[i].apply(batch).await {
-                Ok(()) => return Ok(()),
-                Err(error) if error.is_retriable() && self.retry.max_attempts.is_none_or(|m| attempt < m) => {
-                    let wait = self.retry.initial_backoff_ms.saturating_mul(1 << attempt.min(16).saturating_sub(1));
-                    let wait = Duration::from_millis(wait.min(self.retry.max_backoff_ms));
-                    tracing::warn!(sink = self.sinks[i].name(), %error, attempt, ?wait, "sink failed; retrying the batch");
-                    tokio::time::sleep(wait).await;
-                }
+            match self.dead_letters.store(letter.clone()).await {
+                Ok(()) => break,
+                Err(error) if error.is_retriable() => match self.retry.wait_after(attempt) {
+                    Some(wait) => {
+                        tracing::warn!(%error, attempt, ?wait, position = %letter.position, "storing a dead letter failed; retrying");
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => return Err(error),
+                },
                 Err(error) => return Err(error),
             }
+        }
+        self.stats.dead_letters += 1;
+        Ok(())
+    }
+
+    /// Applies `batch` to sink `i`; on a non-retriable error, halves the
+    /// events until the refused ones are isolated. A refused event is
+    /// dead-lettered durably (or, fail-fast, returned as the error) *before*
+    /// the sink's offsets move past it: a record's offset becomes durable
+    /// only once the record is applied or its dead letter is stored.
+    /// Retriable errors never isolate: an outage cannot make a good event
+    /// poison.
+    async fn apply_isolating(&mut self, i: usize, batch: &Batch, raw: &BTreeMap<Position, RawBytes>) -> Result<()> {
+        let mut stack = vec![(batch.events.clone(), batch.offsets.clone())];
+        while let Some((events, offsets)) = stack.pop() {
+            let part = Batch { events, offsets };
+            let error = match self.apply_with_backoff(i, &part).await {
+                Ok(()) => continue,
+                Err(error) if error.is_retriable() => return Err(error),
+                Err(error) => error,
+            };
+            match <[ChangeEvent; 1]>::try_from(part.events) {
+                Ok([event]) => {
+                    self.refuse(i, &event, error, raw).await?;
+                    // Now move the offsets past it, so no sink waits on it again.
+                    self.apply_with_backoff(i, &Batch { events: Vec::new(), offsets: part.offsets }).await?;
+                }
+                Err(events) if events.len() <= 1 => return Err(error), // nothing left to blame
+                Err(events) => {
+                    let mid = events.len() / 2;
+                    let mut first_offsets = Offsets::new();
+                    for event in &events[..mid] {
+                        first_offsets.advance(&event.position);
+                    }
+                    let (first, second) = events.split_at(mid);
+                    // LIFO: the first half runs first.
+                    stack.push((second.to_vec(), part.offsets));
+                    stack.push((first.to_vec(), first_offsets));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Dead-letters an event sink `i` refused, with its original bytes.
+    async fn refuse(
+        &mut self,
+        i: usize,
+        event: &ChangeEvent,
+        error: Error,
+        raw: &BTreeMap<Position, RawBytes>,
+    ) -> Result<()> {
+        if self.on_error == OnError::FailFast {
+            return Err(error);
+        }
+        let sink = self.sinks[i].name().to_owned();
+        tracing::warn!(sink, %error, position = %event.position, "dead-lettering an event the sink refused");
+        let (key, value) = raw.get(&event.position).cloned().unwrap_or_default();
+        self.dead_letter(DeadLetter {
+            position: event.position.clone(),
+            key,
+            value,
+            sink: Some(sink),
+            error: error.to_string(),
+        })
+        .await
+    }
+
+    /// Applies with backoff while the error is retriable. An error that is
+    /// not an outage and repeats identically `max_identical_errors` times is
+    /// returned as bad data, so the caller isolates it instead of looping.
+    async fn apply_with_backoff(&mut self, i: usize, batch: &Batch) -> Result<()> {
+        let mut attempt = 0u32;
+        let mut repeats = 0u32;
+        let mut last_message = String::new();
+        loop {
+            attempt += 1;
+            let error = match self.sinks[i].apply(batch).await {
+                Ok(()) => return Ok(()),
+                Err(error) if !error.is_retriable() => return Err(error),
+                Err(error) => error,
+            };
+            let message = error.to_string();
+            repeats = if message == last_message { repeats + 1 } else { 1 };
+            last_message = message;
+            if !error.is_outage() && repeats >= self.retry.max_identical_errors.max(1) {
+                return Err(error.into_bad_data(repeats));
+            }
+            let Some(wait) = self.retry.wait_after(attempt) else { return Err(error) };
+            tracing::warn!(sink = self.sinks[i].name(), %error, attempt, ?wait, "sink failed; retrying the batch");
+            tokio::time::sleep(wait).await;
         }
     }
 }

@@ -46,6 +46,7 @@ pub enum DataType {
     /// `io.debezium.data.Bits`: a bit string of `length` bits, sent as
     /// little-endian bytes; `varying` for `bit varying`.
     Bits {
+        /// Declared length; 0 for `bit varying` without one.
         length: u32,
         varying: bool,
     },
@@ -230,10 +231,17 @@ impl ConnectSchema {
             Some("io.debezium.data.Xml") => Some(DataType::Xml),
             Some("io.debezium.data.Enum") => Some(DataType::Enum { allowed: list("allowed") }),
             Some("io.debezium.data.EnumSet") => Some(DataType::EnumSet { allowed: list("allowed") }),
-            Some("io.debezium.data.Bits") => Some(DataType::Bits {
-                length: self.param("length").unwrap_or(0),
-                varying: source_type.is_some_and(|t| t.eq_ignore_ascii_case("VARBIT")),
-            }),
+            Some("io.debezium.data.Bits") => {
+                // `bit varying` without a length arrives as length 2147483647:
+                // beyond PostgreSQL's limit, so it can only mean "no length"
+                // (0 here), and the value is as many bits as it has.
+                let length = self.param("length").unwrap_or(0);
+                let unbounded = length > MAX_BIT_LENGTH;
+                Some(DataType::Bits {
+                    length: if unbounded { 0 } else { length },
+                    varying: unbounded || source_type.is_some_and(|t| t.eq_ignore_ascii_case("VARBIT")),
+                })
+            }
             Some(
                 "io.debezium.data.geometry.Geometry"
                 | "io.debezium.data.geometry.Geography"
@@ -298,3 +306,6 @@ impl ConnectSchema {
 
 /// Schemas shared between events: cheap to clone.
 pub type SchemaRef = Arc<TableSchema>;
+
+/// PostgreSQL's longest bit string (`bit(n)` refuses more).
+const MAX_BIT_LENGTH: u32 = 83_886_080;

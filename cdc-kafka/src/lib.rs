@@ -58,6 +58,10 @@ pub struct KafkaConfig {
     /// Serve Prometheus metrics on this address (`0.0.0.0:9464`); unset: off.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// On shutdown, how long the batch in flight (or its retries during an
+    /// outage) may still take before it is abandoned, uncommitted.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_secs: u64,
 }
 
 fn default_topics() -> Vec<String> {
@@ -68,6 +72,9 @@ fn default_dlq_suffix() -> Option<String> {
 }
 fn default_progress() -> u64 {
     10
+}
+fn default_shutdown_timeout() -> u64 {
+    30
 }
 
 impl KafkaConfig {
@@ -80,7 +87,32 @@ impl KafkaConfig {
             progress_secs: default_progress(),
             properties: BTreeMap::new(),
             metrics_listen: None,
+            shutdown_timeout_secs: default_shutdown_timeout(),
         }
+    }
+
+    /// The topics to subscribe to, from the broker's topic list: the names
+    /// given, and the names the regexes match, never a dead-letter topic
+    /// (a pattern like `^cdc\.public\..*` also matches `<topic>.dlq`; reading
+    /// those back would dead-letter dead letters, `.dlq.dlq`, for ever).
+    fn resolve_topics(&self, existing: &[String]) -> Result<Vec<String>> {
+        let mut topics = std::collections::BTreeSet::new();
+        for wanted in &self.topics {
+            if wanted.starts_with('^') {
+                let pattern = regex::Regex::new(wanted).map_err(|e| Error::Sink {
+                    sink: "kafka".into(),
+                    message: format!("topic pattern {wanted:?} is not a regular expression: {e}"),
+                    retriable: false,
+                })?;
+                topics.extend(existing.iter().filter(|t| pattern.is_match(t)).cloned());
+            } else {
+                topics.insert(wanted.clone());
+            }
+        }
+        if let Some(suffix) = self.dlq_suffix.as_deref().filter(|s| !s.is_empty()) {
+            topics.retain(|t| !t.ends_with(suffix) || self.topics.contains(t));
+        }
+        Ok(topics.into_iter().collect())
     }
 
     fn client(&self) -> ClientConfig {
@@ -94,7 +126,7 @@ impl KafkaConfig {
 }
 
 fn kafka_error(error: rdkafka::error::KafkaError) -> Error {
-    Error::Sink { sink: "kafka".into(), message: error.to_string(), retriable: true }
+    Error::Unavailable { sink: "kafka".into(), message: error.to_string() }
 }
 
 /// Shared between the consumer's rebalance callback and the run loop.
@@ -110,6 +142,20 @@ struct Shared {
     /// Per partition: records not yet durably applied (from librdkafka's
     /// statistics: high watermark minus the committed offset).
     lag: BTreeMap<(String, i32), i64>,
+    /// Counts rebalance events; the reader tags each message with it.
+    generation: u64,
+    /// The generation at which each assigned partition was assigned: a
+    /// message tagged earlier was fetched under an older assignment (and
+    /// may be ahead of where the partition restarts, or belong to another
+    /// member now), so it is dropped.
+    assigned_at: BTreeMap<(String, i32), u64>,
+}
+
+impl Shared {
+    /// Whether a message read at `generation` belongs to the current assignment.
+    fn current(&self, topic: &str, partition: i32, generation: u64) -> bool {
+        self.assigned_at.get(&(topic.to_owned(), partition)).is_some_and(|&since| generation >= since)
+    }
 }
 
 /// Starts assigned partitions right after what the sinks hold.
@@ -146,6 +192,9 @@ impl ConsumerContext for Context {
                     }
                 }
                 tracing::info!(partitions = %summarize(&elements), "assigned");
+                shared.generation += 1;
+                let generation = shared.generation;
+                shared.assigned_at.extend(elements.iter().map(|tp| (tp.clone(), generation)));
                 shared.assigned.extend(elements.iter().cloned());
                 shared.newly_assigned.extend(elements);
                 if let Err(error) = consumer.assign(tpl) {
@@ -156,6 +205,10 @@ impl ConsumerContext for Context {
                 let elements: Vec<(String, i32)> =
                     tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect();
                 tracing::info!(partitions = %summarize(&elements), "revoked");
+                shared.generation += 1;
+                for tp in &elements {
+                    shared.assigned_at.remove(tp);
+                }
                 shared.assigned.retain(|p| !elements.contains(p));
                 shared.revoked.extend(elements);
                 if let Err(error) = consumer.unassign() {
@@ -197,9 +250,15 @@ pub struct RunSummary {
 pub struct KafkaSource {
     consumer: Arc<StreamConsumer<Context>>,
     shared: Arc<Mutex<Shared>>,
+    config: KafkaConfig,
+    /// The topic names subscribed to (resolved from the patterns).
+    subscribed: Vec<String>,
     progress: Duration,
     metrics: Option<(Arc<Metrics>, std::net::SocketAddr)>,
 }
+
+/// How often the topic patterns are matched against the broker's topics.
+const TOPIC_REFRESH: Duration = Duration::from_secs(5);
 
 impl KafkaSource {
     /// Creates the consumer (no auto-commit, earliest offset for partitions
@@ -224,8 +283,6 @@ impl KafkaSource {
             .set("statistics.interval.ms", (config.progress_secs.max(1) * 1000).to_string());
         let consumer: StreamConsumer<Context> =
             client.create_with_context(Context { shared: shared.clone() }).map_err(kafka_error)?;
-        let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
-        consumer.subscribe(&topics).map_err(kafka_error)?;
         let metrics = match &config.metrics_listen {
             Some(listen) => {
                 let metrics = Arc::new(Metrics::default());
@@ -233,12 +290,46 @@ impl KafkaSource {
             }
             None => None,
         };
-        Ok(KafkaSource {
+        let mut source = KafkaSource {
             consumer: Arc::new(consumer),
             shared,
+            config: config.clone(),
+            subscribed: Vec::new(),
             progress: Duration::from_secs(config.progress_secs.max(1)),
             metrics,
-        })
+        };
+        source.refresh_subscription().await?;
+        Ok(source)
+    }
+
+    /// Subscribes to the topics the configured names and patterns select
+    /// now (dead-letter topics excluded); a new matching topic joins at the
+    /// next refresh.
+    async fn refresh_subscription(&mut self) -> Result<()> {
+        let existing = if self.config.topics.iter().any(|t| t.starts_with('^')) {
+            let consumer = self.consumer.clone();
+            let metadata = tokio::task::spawn_blocking(move || consumer.fetch_metadata(None, Duration::from_secs(10)))
+                .await
+                .map_err(|e| Error::Sink { sink: "kafka".into(), message: e.to_string(), retriable: false })?;
+            match metadata {
+                Ok(metadata) => metadata.topics().iter().map(|t| t.name().to_owned()).collect(),
+                Err(error) => {
+                    // The broker is away: keep what we have, try again later.
+                    tracing::warn!(%error, "listing topics failed");
+                    return Ok(());
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let topics = self.config.resolve_topics(&existing)?;
+        if topics != self.subscribed && !topics.is_empty() {
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            self.consumer.subscribe(&names).map_err(kafka_error)?;
+            tracing::info!(topics = names.len(), "subscribed");
+            self.subscribed = topics;
+        }
+        Ok(())
     }
 
     /// Where the Prometheus metrics are served, when `metrics_listen` is set.
@@ -264,12 +355,14 @@ impl KafkaSource {
     /// `idle` after the first one (a backfill, the demo), or when none
     /// arrived within a minute.
     pub async fn run_until(
-        self,
+        mut self,
         pipeline: &mut Pipeline,
         shutdown: impl std::future::Future,
         idle: Option<Duration>,
     ) -> Result<RunSummary> {
+        let shutdown = futures::FutureExt::fuse(shutdown);
         tokio::pin!(shutdown);
+        let mut last_refresh = Instant::now();
         let started = Instant::now();
         let mut last_message: Option<Instant> = None;
         let mut last_progress = Instant::now();
@@ -277,13 +370,17 @@ impl KafkaSource {
         let tick = Duration::from_millis(100);
         // A reader task keeps librdkafka's queue drained (and its rebalance
         // callbacks served) while the sinks apply a batch.
-        let (sender, mut receiver) = tokio::sync::mpsc::channel::<OwnedMessage>(20_000);
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<(OwnedMessage, u64)>(20_000);
         let consumer = self.consumer.clone();
+        let shared = self.shared.clone();
         let reader = tokio::spawn(async move {
             loop {
                 match consumer.recv().await {
                     Ok(message) => {
-                        if sender.send(message.detach()).await.is_err() {
+                        // Rebalance callbacks run inside recv(): the generation
+                        // read now is the one this message was fetched under.
+                        let generation = shared.lock().map(|s| s.generation).unwrap_or_default();
+                        if sender.send((message.detach(), generation)).await.is_err() {
                             break;
                         }
                     }
@@ -307,8 +404,15 @@ impl KafkaSource {
                 self.catch_up(pipeline, assigned).await?;
             }
             match message {
-                Ok(Some(message)) => {
+                Ok(Some((message, generation))) => {
                     last_message = Some(Instant::now());
+                    let current = {
+                        let shared = self.shared.lock().expect("lock");
+                        shared.current(message.topic(), message.partition(), generation)
+                    };
+                    if !current {
+                        continue; // fetched before a rebalance: its new owner (or our restart) reads it again
+                    }
                     let record = RawRecord {
                         topic: message.topic(),
                         partition: message.partition(),
@@ -329,7 +433,15 @@ impl KafkaSource {
                 break;
             }
             if pipeline.pending() > 0 && pipeline.due() {
-                self.flush(pipeline).await?;
+                match self.flush_or_stop(pipeline, &mut shutdown).await? {
+                    Flushed::Done => {}
+                    Flushed::Stopping => break,
+                    Flushed::Abandoned => return self.abandoned(reader, pipeline).await,
+                }
+            }
+            if last_refresh.elapsed() >= TOPIC_REFRESH {
+                self.refresh_subscription().await?;
+                last_refresh = Instant::now();
             }
             if last_progress.elapsed() >= self.progress {
                 let records = pipeline.stats().records;
@@ -341,9 +453,44 @@ impl KafkaSource {
         }
         reader.abort();
         let _ = reader.await; // releases its handle on the consumer, which leaves the group when dropped
-        self.flush(pipeline).await?;
-        let stats = pipeline.stats();
-        Ok(RunSummary { records: stats.records, batches: stats.batches, dead_letters: stats.dead_letters })
+        let limit = Duration::from_secs(self.config.shutdown_timeout_secs);
+        if tokio::time::timeout(limit, self.flush(pipeline)).await.is_err() {
+            tracing::warn!(?limit, "shutdown: the last batch did not finish in time; abandoned, nothing committed");
+        }
+        Ok(summary(pipeline))
+    }
+
+    /// Flushes, and if shutdown is asked for meanwhile, lets the flush go on
+    /// for at most `shutdown_timeout_secs` (a batch retrying through an
+    /// outage would otherwise hold the process for ever). An abandoned flush
+    /// commits nothing: sinks are atomic per batch, so the next run starts
+    /// from what they hold.
+    async fn flush_or_stop<F: std::future::Future>(
+        &self,
+        pipeline: &mut Pipeline,
+        shutdown: &mut std::pin::Pin<&mut futures::future::Fuse<F>>,
+    ) -> Result<Flushed> {
+        let flush = self.flush(pipeline);
+        tokio::pin!(flush);
+        tokio::select! {
+            result = &mut flush => return result.map(|()| Flushed::Done),
+            _ = shutdown.as_mut() => {}
+        }
+        let limit = Duration::from_secs(self.config.shutdown_timeout_secs);
+        tracing::info!(?limit, "shutdown asked for during a batch; giving it time to finish");
+        match tokio::time::timeout(limit, &mut flush).await {
+            Ok(result) => result.map(|()| Flushed::Stopping),
+            Err(_) => {
+                tracing::warn!(?limit, "shutdown: the batch did not finish in time; abandoned, nothing committed");
+                Ok(Flushed::Abandoned)
+            }
+        }
+    }
+
+    async fn abandoned(self, reader: tokio::task::JoinHandle<()>, pipeline: &mut Pipeline) -> Result<RunSummary> {
+        reader.abort();
+        let _ = reader.await;
+        Ok(summary(pipeline))
     }
 
     /// Partitions that moved here may have advanced under their previous
@@ -433,6 +580,20 @@ impl KafkaSource {
     }
 }
 
+/// How a flush that raced a shutdown ended.
+enum Flushed {
+    Done,
+    /// Finished after shutdown was asked for: stop now.
+    Stopping,
+    /// Did not finish within the shutdown timeout: dropped, uncommitted.
+    Abandoned,
+}
+
+fn summary(pipeline: &Pipeline) -> RunSummary {
+    let stats = pipeline.stats();
+    RunSummary { records: stats.records, batches: stats.batches, dead_letters: stats.dead_letters }
+}
+
 /// Dead letters as Kafka records on `<topic><suffix>`, with the error and
 /// the original position in headers.
 pub struct KafkaDeadLetters {
@@ -450,25 +611,51 @@ impl KafkaDeadLetters {
 
 #[async_trait]
 impl DeadLetterStore for KafkaDeadLetters {
+    /// Stores the letter with its original key and value; a record too big
+    /// for the dead-letter topic is stored without them, as a reference to
+    /// the original (`cdc.topic`/`cdc.partition`/`cdc.offset`) with
+    /// `cdc.omitted` giving their sizes, so a dead letter is always storable.
     async fn store(&mut self, letter: DeadLetter) -> Result<()> {
+        match self.send(&letter, true).await {
+            Err(error) if is_too_large(&error) => {
+                tracing::warn!(position = %letter.position, "dead letter too large for its topic: storing a reference");
+                self.send(&letter, false).await.map_err(kafka_error)
+            }
+            result => result.map_err(kafka_error),
+        }
+    }
+}
+
+fn is_too_large(error: &rdkafka::error::KafkaError) -> bool {
+    error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge)
+}
+
+impl KafkaDeadLetters {
+    async fn send(&self, letter: &DeadLetter, with_bytes: bool) -> std::result::Result<(), rdkafka::error::KafkaError> {
         let topic = format!("{}{}", letter.position.topic, self.suffix);
         let partition = letter.position.partition.to_string();
         let offset = letter.position.offset.to_string();
-        let headers = OwnedHeaders::new()
+        let size = |bytes: &Option<Vec<u8>>| bytes.as_ref().map_or(0, Vec::len);
+        let omitted = format!("key={} value={}", size(&letter.key), size(&letter.value));
+        let mut headers = OwnedHeaders::new()
             .insert(Header { key: "cdc.error", value: Some(letter.error.as_str()) })
             .insert(Header { key: "cdc.topic", value: Some(&*letter.position.topic) })
             .insert(Header { key: "cdc.partition", value: Some(partition.as_str()) })
             .insert(Header { key: "cdc.offset", value: Some(offset.as_str()) })
             .insert(Header { key: "cdc.sink", value: letter.sink.as_deref() });
+        if !with_bytes {
+            headers = headers.insert(Header { key: "cdc.omitted", value: Some(omitted.as_str()) });
+        }
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).headers(headers);
-        if let Some(key) = &letter.key {
-            record = record.key(key.as_slice());
+        if with_bytes {
+            if let Some(key) = &letter.key {
+                record = record.key(key.as_slice());
+            }
+            if let Some(value) = &letter.value {
+                record = record.payload(value.as_slice());
+            }
         }
-        if let Some(value) = &letter.value {
-            record = record.payload(value.as_slice());
-        }
-        self.producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| kafka_error(e))?;
-        Ok(())
+        self.producer.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
     }
 }
 
@@ -492,6 +679,7 @@ impl Publisher {
             .set("bootstrap.servers", brokers)
             .set("linger.ms", "5")
             .set("message.timeout.ms", "30000")
+            .set("message.max.bytes", "10000000")
             .create()
             .map_err(kafka_error)?;
         Ok(Publisher { producer })
@@ -522,7 +710,29 @@ impl Publisher {
 
 #[cfg(test)]
 mod tests {
-    use super::summarize;
+    use super::{KafkaConfig, Shared, summarize};
+
+    #[test]
+    fn patterns_never_select_dead_letter_topics() {
+        let config = KafkaConfig::new("localhost:9092", "g");
+        let existing: Vec<String> =
+            ["cdc.public.orders", "cdc.public.orders.dlq", "cdc.public.orders.dlq.dlq", "other.public.x"]
+                .map(String::from)
+                .to_vec();
+        assert_eq!(config.resolve_topics(&existing).unwrap(), vec!["cdc.public.orders".to_owned()]);
+    }
+
+    #[test]
+    fn messages_read_before_an_assignment_are_not_current() {
+        let mut shared = Shared::default();
+        let tp = ("cdc.public.orders".to_owned(), 0);
+        shared.generation = 3;
+        shared.assigned_at.insert(tp.clone(), 3);
+        assert!(shared.current(&tp.0, 0, 3));
+        assert!(!shared.current(&tp.0, 0, 2), "read under the previous assignment");
+        shared.assigned_at.remove(&tp);
+        assert!(!shared.current(&tp.0, 0, 4), "revoked");
+    }
 
     #[test]
     fn partition_lists_stay_short() {

@@ -150,18 +150,37 @@ impl Connection {
     }
 }
 
-/// A sink error from a PostgreSQL error: retriable when the connection or
-/// the server went away, or the transaction lost a race; not when the data
-/// or the SQL is wrong. The message never contains credentials.
+/// A sink error from a PostgreSQL error, classified once for every caller:
+/// an outage when the connection or the server went away (I/O, closed
+/// connection, classes 08, 53, 57, 58); retriable when the transaction lost
+/// a race (serialization failure, deadlock); otherwise not retriable: the
+/// data or the SQL is wrong, including a value the client cannot serialise
+/// (no SQLSTATE, but nothing a retry changes). The message never contains
+/// credentials.
 pub(crate) fn sink_error(sink: &str, error: &tokio_postgres::Error) -> Error {
-    let retriable = match error.code() {
-        None => true, // I/O, closed connection, timeouts
-        Some(code) => {
-            let class = &code.code()[..2];
-            matches!(class, "08" | "53" | "57" | "58")
-                || *code == SqlState::T_R_SERIALIZATION_FAILURE
-                || *code == SqlState::T_R_DEADLOCK_DETECTED
+    enum Class {
+        Outage,
+        Race,
+        Data,
+    }
+    let io = || {
+        let mut source = error.source();
+        while let Some(cause) = source {
+            if cause.is::<std::io::Error>() {
+                return true;
+            }
+            source = cause.source();
         }
+        false
+    };
+    let class = match error.code() {
+        None if error.is_closed() || io() => Class::Outage,
+        None => Class::Data,
+        Some(code) if matches!(&code.code()[..2], "08" | "53" | "57" | "58") => Class::Outage,
+        Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED => {
+            Class::Race
+        }
+        Some(_) => Class::Data,
     };
     let mut message = error.to_string();
     if let Some(db) = error.as_db_error() {
@@ -172,7 +191,12 @@ pub(crate) fn sink_error(sink: &str, error: &tokio_postgres::Error) -> Error {
     } else if let Some(source) = error.source() {
         message.push_str(&format!(": {source}"));
     }
-    Error::Sink { sink: sink.to_owned(), message, retriable }
+    let sink = sink.to_owned();
+    match class {
+        Class::Outage => Error::Unavailable { sink, message },
+        Class::Race => Error::Sink { sink, message, retriable: true },
+        Class::Data => Error::Sink { sink, message, retriable: false },
+    }
 }
 
 /// `name` as a quoted SQL identifier: events name tables and columns, so
@@ -231,7 +255,8 @@ fn base_pg_type(data_type: &DataType, source: Option<&str>, length: Option<i64>)
         Xml => "xml".into(),
         Enum { .. } | EnumSet { .. } | Dynamic => "text".into(),
         Bits { length, varying: false } => format!("bit({})", (*length).max(1)),
-        Bits { length, varying: true } => format!("bit varying({})", (*length).max(1)),
+        Bits { length: 0, varying: true } => "bit varying".into(),
+        Bits { length, varying: true } => format!("bit varying({length})"),
         Bytes => "bytea".into(),
         Geometry if source == Some("POINT") => "point".into(),
         Geometry => "bytea".into(),
@@ -461,14 +486,24 @@ impl StateTables {
         let table = format!("{}.{}", quote_ident(&schema_name)?, quote_ident(&table_name)?);
         for change in cdc_core::collapse(events) {
             match change {
-                TableChange::Truncate(_) => {
-                    let sql = match self.delete_mode {
-                        DeleteMode::Hard => format!("TRUNCATE {table}"),
+                TableChange::Truncate(event) => {
+                    // By order, not by arrival: rows changed after the truncate
+                    // (consumed earlier from another partition) stay, and the
+                    // marker keeps older rows consumed later out.
+                    let order = quote_literal(&event.order.to_hex());
+                    let wipe = match self.delete_mode {
+                        DeleteMode::Hard => format!("DELETE FROM {table} WHERE _cdc_order < {order}"),
                         DeleteMode::Soft => format!(
                             "UPDATE {table} SET _cdc_deleted = true, _cdc_deleted_at = now(), _cdc_op = 't', \
-                             _cdc_synced_at = now() WHERE NOT _cdc_deleted"
+                             _cdc_synced_at = now() WHERE NOT _cdc_deleted AND _cdc_order < {order}"
                         ),
                     };
+                    let sql = format!(
+                        "{wipe};\nINSERT INTO {DELETED_KEYS} (table_name, row_key, order_key) \
+                         VALUES ({name}, '', {order}) ON CONFLICT (table_name, row_key) DO UPDATE \
+                         SET order_key = GREATEST({DELETED_KEYS}.order_key, EXCLUDED.order_key)",
+                        name = quote_literal(&table),
+                    );
                     tx.batch_execute(&sql).await.map_err(|e| sink_error(self.sink, &e))?;
                 }
                 TableChange::Rows(rows) => {
@@ -738,17 +773,32 @@ impl StateTables {
         // otherwise picks a sequential scan of the target for a few
         // thousand staged rows). Local to this transaction.
         // Never let an older event overwrite a newer one: compare order keys.
+        // A key deleted (or a table truncated) by a newer event stays
+        // deleted: an older event of it arriving later, from another
+        // partition, finds the tombstone instead of an absent row.
+        let table_literal = quote_literal(table);
+        let row_key = format!("ROW({staged_key})::text");
+        let not_buried = format!(
+            "NOT EXISTS (SELECT 1 FROM {DELETED_KEYS} d WHERE d.table_name = {table_literal} \
+             AND d.row_key IN ({row_key}, '') AND d.order_key >= s._cdc_order)"
+        );
         let mut sql = format!(
             "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;\n\
              WITH updated AS (UPDATE {table} AS t SET {sets_sql}{meta}{undelete} FROM {staging} s \
-             WHERE {key_match} AND s._cdc_op <> 'd' AND t._cdc_order < s._cdc_order RETURNING {returning}) \
+             WHERE {key_match} AND s._cdc_op <> 'd' AND t._cdc_order < s._cdc_order AND {not_buried} \
+             RETURNING {returning}) \
              INSERT INTO {table} ({insert_columns}) SELECT {insert_values} FROM {staging} s \
-             WHERE s._cdc_op <> 'd' AND ({staged_key}) NOT IN (SELECT * FROM updated) ON CONFLICT DO NOTHING;\n"
+             WHERE s._cdc_op <> 'd' AND ({staged_key}) NOT IN (SELECT * FROM updated) AND {not_buried} \
+             ON CONFLICT DO NOTHING;\n"
         );
         match self.delete_mode {
             DeleteMode::Hard => sql.push_str(&format!(
                 "DELETE FROM {table} AS t USING {staging} s WHERE {key_match} AND s._cdc_op = 'd' \
-                 AND t._cdc_order < s._cdc_order;"
+                 AND t._cdc_order < s._cdc_order;\n\
+                 INSERT INTO {DELETED_KEYS} (table_name, row_key, order_key) \
+                 SELECT {table_literal}, {row_key}, s._cdc_order FROM {staging} s WHERE s._cdc_op = 'd' \
+                 ON CONFLICT (table_name, row_key) DO UPDATE \
+                 SET order_key = GREATEST({DELETED_KEYS}.order_key, EXCLUDED.order_key);"
             )),
             DeleteMode::Soft => sql.push_str(&format!(
                 "UPDATE {table} AS t SET {meta}, _cdc_deleted = true, _cdc_deleted_at = s._cdc_source_ts \
@@ -791,12 +841,20 @@ async fn existing_columns(
     Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect())
 }
 
-/// The offsets table: the last applied offset per (consumer, topic, partition).
+/// The offsets table (the last applied offset per consumer, topic and
+/// partition) and the tombstones of deleted keys (per table and key, the
+/// order key of the newest delete; `row_key = ''` marks a truncate).
 pub(crate) const OFFSETS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS cdc_meta; \
     CREATE TABLE IF NOT EXISTS cdc_meta.offsets (\
         consumer text NOT NULL, topic text NOT NULL, kafka_partition integer NOT NULL, \
         kafka_offset bigint NOT NULL, updated_at timestamp with time zone NOT NULL DEFAULT now(), \
-        PRIMARY KEY (consumer, topic, kafka_partition))";
+        PRIMARY KEY (consumer, topic, kafka_partition)); \
+    CREATE TABLE IF NOT EXISTS cdc_meta.deleted_keys (\
+        table_name text NOT NULL, row_key text NOT NULL, order_key text COLLATE \"C\" NOT NULL, \
+        PRIMARY KEY (table_name, row_key))";
+
+/// Where deleted keys are remembered.
+const DELETED_KEYS: &str = "cdc_meta.deleted_keys";
 
 pub(crate) async fn read_offsets(
     client: &Client,
@@ -814,48 +872,81 @@ pub(crate) async fn read_offsets(
     Ok(offsets)
 }
 
-/// Upserts the batch's offsets in the same transaction as its data.
-pub(crate) async fn write_offsets(
-    tx: &Transaction<'_>,
-    consumer: &str,
-    offsets: &Offsets,
-) -> std::result::Result<(), tokio_postgres::Error> {
-    let (mut topics, mut partitions, mut positions) = (Vec::new(), Vec::new(), Vec::new());
-    for (topic, partition, offset) in offsets.iter() {
-        topics.push(topic.to_owned());
-        partitions.push(partition);
-        positions.push(offset);
-    }
-    tx.execute(
-        "INSERT INTO cdc_meta.offsets (consumer, topic, kafka_partition, kafka_offset) \
-         SELECT $1, * FROM unnest($2::text[], $3::integer[], $4::bigint[]) \
-         ON CONFLICT (consumer, topic, kafka_partition) DO UPDATE \
-         SET kafka_offset = GREATEST(cdc_meta.offsets.kafka_offset, EXCLUDED.kafka_offset), updated_at = now()",
-        &[&consumer, &topics, &partitions, &positions],
-    )
-    .await?;
-    Ok(())
+/// The offset protocol of the PostgreSQL sinks, in one place. Inside the
+/// batch's transaction it takes this consumer's lock and reads the stored
+/// offsets, so a process that lost its partitions (a zombie after a
+/// rebalance) skips whatever the new owner wrote since, whatever it cached;
+/// at the end it writes offsets that never go backwards.
+pub(crate) struct StoredOffsets {
+    consumer: String,
+    held: Offsets,
 }
 
-/// The events of a batch this sink does not hold yet, by source table.
-pub(crate) fn unapplied<'a>(batch: &'a Batch, held: &Offsets) -> BTreeMap<(String, String), Vec<&'a ChangeEvent>> {
-    let mut tables: BTreeMap<(String, String), Vec<&ChangeEvent>> = BTreeMap::new();
-    for event in batch.events.iter().filter(|e| !held.holds(&e.position)) {
-        tables.entry((event.source.schema.clone(), event.source.table.clone())).or_default().push(event);
+impl StoredOffsets {
+    /// Locks this consumer's offsets until the transaction ends and reads them.
+    pub async fn lock(tx: &Transaction<'_>, sink: &str, consumer: &str) -> Result<StoredOffsets> {
+        let fail = |e: tokio_postgres::Error| sink_error(sink, &e);
+        tx.execute("SELECT pg_advisory_xact_lock(hashtextextended('cdc_meta.offsets:' || $1, 0))", &[&consumer])
+            .await
+            .map_err(fail)?;
+        let rows = tx
+            .query(
+                "SELECT topic, kafka_partition, kafka_offset FROM cdc_meta.offsets WHERE consumer = $1",
+                &[&consumer],
+            )
+            .await
+            .map_err(fail)?;
+        let mut held = Offsets::new();
+        for row in rows {
+            let topic: String = row.get(0);
+            held.set(Arc::from(topic), row.get(1), row.get(2));
+        }
+        Ok(StoredOffsets { consumer: consumer.to_owned(), held })
     }
-    tables
+
+    /// The events of a batch not stored yet, by source table.
+    pub fn unapplied<'a>(&self, batch: &'a Batch) -> BTreeMap<(String, String), Vec<&'a ChangeEvent>> {
+        let mut tables: BTreeMap<(String, String), Vec<&ChangeEvent>> = BTreeMap::new();
+        for event in batch.events.iter().filter(|e| !self.held.holds(&e.position)) {
+            tables.entry((event.source.schema.clone(), event.source.table.clone())).or_default().push(event);
+        }
+        tables
+    }
+
+    /// Stores `offsets` where they are beyond what is stored (never backwards).
+    pub async fn write(&self, tx: &Transaction<'_>, sink: &str, offsets: &Offsets) -> Result<()> {
+        let (mut topics, mut partitions, mut positions) = (Vec::new(), Vec::new(), Vec::new());
+        for (topic, partition, offset) in offsets.iter() {
+            if self.held.get(topic, partition).is_some_and(|held| held >= offset) {
+                continue;
+            }
+            topics.push(topic.to_owned());
+            partitions.push(partition);
+            positions.push(offset);
+        }
+        tx.execute(
+            "INSERT INTO cdc_meta.offsets (consumer, topic, kafka_partition, kafka_offset) \
+             SELECT $1, * FROM unnest($2::text[], $3::integer[], $4::bigint[]) \
+             ON CONFLICT (consumer, topic, kafka_partition) DO UPDATE \
+             SET kafka_offset = GREATEST(cdc_meta.offsets.kafka_offset, EXCLUDED.kafka_offset), updated_at = now()",
+            &[&self.consumer, &topics, &partitions, &positions],
+        )
+        .await
+        .map_err(|e| sink_error(sink, &e))?;
+        Ok(())
+    }
 }
 
-/// What the PostgreSQL sinks share around their transaction: the connection
-/// and the offsets they durably hold.
+/// What the PostgreSQL sinks share around their transaction: the
+/// connection, and whether the offsets table is known to exist.
 pub(crate) struct PgBase {
     pub connection: Connection,
-    held: Option<Offsets>,
+    ready: bool,
 }
 
 impl PgBase {
     pub fn new(config: PgConnectionConfig, sink: &'static str) -> PgBase {
-        PgBase { connection: Connection::new(config, sink), held: None }
+        PgBase { connection: Connection::new(config, sink), ready: false }
     }
 
     /// Reads the offsets table (creating it if missing), with retries.
@@ -877,7 +968,7 @@ impl PgBase {
                 },
             }
         };
-        self.held = Some(offsets.clone());
+        self.ready = true;
         Ok(offsets)
     }
 }
@@ -889,24 +980,24 @@ pub(crate) trait TransactionalSink {
     /// Called after a failed attempt: the transaction rolled back.
     fn rolled_back(&mut self);
 
-    /// Applies the events not in `held` and the batch's offsets in one
-    /// transaction, committed before it returns `Ok`.
-    async fn try_apply(&mut self, batch: &Batch, held: &Offsets) -> Result<()>;
+    /// Applies the events not stored yet ([`StoredOffsets`], read inside the
+    /// transaction) and the batch's offsets in one transaction, committed
+    /// before it returns `Ok`.
+    async fn try_apply(&mut self, batch: &Batch) -> Result<()>;
 }
 
 /// Applies a batch, retrying retriable failures (connection lost, server
 /// restart) on a fresh connection with backoff; each attempt is a whole new
 /// transaction, so nothing is lost or doubled.
 pub(crate) async fn apply_with_retries<S: TransactionalSink>(sink: &mut S, batch: &Batch) -> Result<()> {
-    let held = match sink.base().held.clone() {
-        Some(held) => held,
-        None => sink.base().durable_offsets().await?,
-    };
+    if !sink.base().ready {
+        sink.base().durable_offsets().await?; // creates the offsets table
+    }
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match sink.try_apply(batch, &held).await {
-            Ok(()) => break,
+        match sink.try_apply(batch).await {
+            Ok(()) => return Ok(()),
             Err(error) => {
                 sink.rolled_back();
                 match sink.base().connection.retry_after(attempt, &error) {
@@ -916,8 +1007,6 @@ pub(crate) async fn apply_with_retries<S: TransactionalSink>(sink: &mut S, batch
             }
         }
     }
-    sink.base().held.get_or_insert_with(Offsets::new).merge(&batch.offsets);
-    Ok(())
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 
 use crate::pg_common::{
-    DeleteMode, PgBase, PgConnectionConfig, StateTables, TransactionalSink, apply_with_retries, sink_error, unapplied,
-    write_offsets,
+    DeleteMode, PgBase, PgConnectionConfig, StateTables, StoredOffsets, TransactionalSink, apply_with_retries,
+    sink_error,
 };
 
 const NAME: &str = "pg-datalake";
@@ -57,20 +57,21 @@ impl TransactionalSink for PgDatalakeSink {
         self.ready = false;
     }
 
-    async fn try_apply(&mut self, batch: &Batch, held: &Offsets) -> Result<()> {
+    async fn try_apply(&mut self, batch: &Batch) -> Result<()> {
         let consumer = self.base.connection.config().consumer.clone();
         let client = self.base.connection.client().await?;
         let tx = client.transaction().await.map_err(|e| sink_error(NAME, &e))?;
         if !self.ready {
             tx.batch_execute(DATALAKE_DDL).await.map_err(|e| sink_error(NAME, &e))?;
         }
-        let tables = unapplied(batch, held);
+        let stored = StoredOffsets::lock(&tx, NAME, &consumer).await?;
+        let tables = stored.unapplied(batch);
         let events: Vec<&ChangeEvent> = tables.values().flatten().copied().collect();
         insert_raw(&tx, &events).await?;
         for events in tables.values() {
             self.processed.apply(&tx, events).await?;
         }
-        write_offsets(&tx, &consumer, &batch.offsets).await.map_err(|e| sink_error(NAME, &e))?;
+        stored.write(&tx, NAME, &batch.offsets).await?;
         tx.commit().await.map_err(|e| sink_error(NAME, &e))?;
         self.ready = true;
         Ok(())

@@ -5,8 +5,8 @@ use async_trait::async_trait;
 use cdc_core::{Batch, Offsets, Result, Sink};
 
 use crate::pg_common::{
-    DeleteMode, PgBase, PgConnectionConfig, StateTables, TransactionalSink, apply_with_retries, sink_error, unapplied,
-    write_offsets,
+    DeleteMode, PgBase, PgConnectionConfig, StateTables, StoredOffsets, TransactionalSink, apply_with_retries,
+    sink_error,
 };
 
 const NAME: &str = "pg-target";
@@ -46,14 +46,15 @@ impl TransactionalSink for PgTargetSink {
         self.tables.forget();
     }
 
-    async fn try_apply(&mut self, batch: &Batch, held: &Offsets) -> Result<()> {
+    async fn try_apply(&mut self, batch: &Batch) -> Result<()> {
         let consumer = self.base.connection.config().consumer.clone();
         let client = self.base.connection.client().await?;
         let tx = client.transaction().await.map_err(|e| sink_error(NAME, &e))?;
-        for events in unapplied(batch, held).values() {
+        let stored = StoredOffsets::lock(&tx, NAME, &consumer).await?;
+        for events in stored.unapplied(batch).values() {
             self.tables.apply(&tx, events).await?;
         }
-        write_offsets(&tx, &consumer, &batch.offsets).await.map_err(|e| sink_error(NAME, &e))?;
+        stored.write(&tx, NAME, &batch.offsets).await?;
         tx.commit().await.map_err(|e| sink_error(NAME, &e))
     }
 }

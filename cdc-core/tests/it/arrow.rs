@@ -77,3 +77,36 @@ fn all_types_convert_and_mark_unavailable_columns() {
     assert!(batch.column_by_name("c_big_text").unwrap().is_null(toast_row));
     assert!(unavailable.is_null(0));
 }
+
+/// `bit varying` without a length: Debezium sends length 2147483647. The
+/// value is its own bits, never a 2 GiB string (which overflowed Arrow's
+/// offsets and aborted the process).
+#[test]
+fn bit_varying_without_a_length_is_its_bit_string() {
+    let value = |offset: i64, bits: &str| {
+        let json = format!(
+            r#"{{"schema":{{"type":"struct","optional":false,"fields":[{{"type":"struct","optional":true,"field":"after","fields":[
+                {{"type":"int32","optional":false,"field":"id"}},
+                {{"type":"bytes","optional":true,"name":"io.debezium.data.Bits","version":1,"parameters":{{"length":"2147483647"}},"field":"b"}}]}}]}},
+               "payload":{{"before":null,"after":{{"id":{offset},"b":"{bits}"}},
+               "source":{{"schema":"public","table":"t","lsn":{offset},"txId":1}},"op":"c"}}}}"#
+        );
+        let raw = cdc_core::RawRecord {
+            topic: "cdc.public.t",
+            partition: 0,
+            offset,
+            key: None,
+            value: Some(json.as_bytes()),
+        };
+        match cdc_core::Decoder::new().decode(raw).unwrap() {
+            cdc_core::Record::Change(event) => event,
+            other => panic!("{other:?}"),
+        }
+    };
+    // 0x33 = 110011, 0x01 0x80 = 1000000000000001 (little-endian bytes).
+    let events = [value(1, "Mw=="), value(2, "AYA=")];
+    let refs: Vec<_> = events.iter().collect();
+    let batch = to_record_batch("public.t", &events[0].schema, &refs).unwrap();
+    let bits = batch.column_by_name("b").unwrap().as_string::<i32>();
+    assert_eq!((bits.value(0), bits.value(1)), ("110011", "1000000000000001"));
+}

@@ -121,3 +121,17 @@ proptest! {
         prop_assert!(err.position().is_some());
     }
 }
+
+#[test]
+fn a_required_column_missing_from_the_payload_is_an_error() {
+    // `v` is declared required (optional: false) but the payload lacks it.
+    let value = format!(
+        r#"{{"schema":{{"type":"struct","fields":[{{"type":"struct","fields":[{{"type":"int64","optional":false,"field":"id"}},{{"type":"string","optional":false,"field":"v"}}],"optional":true,"field":"after"}}],"optional":false}},"payload":{{"before":null,"after":{{"id":1}},"source":{SOURCE},"op":"c","ts_ms":1}}}}"#
+    );
+    let (message, field) = decode_error(&value);
+    assert!(message.contains("required"), "{message}");
+    assert_eq!(field.as_deref(), Some("payload.after.v"));
+    // An optional column may be absent.
+    let optional = value.replace(r#""optional":false,"field":"v""#, r#""optional":true,"field":"v""#);
+    decode(&optional).unwrap();
+}

@@ -111,15 +111,20 @@ async fn fixture_through_kafka_with_restart_and_poison() {
     let half = records.len() / 2;
     publisher.send_all(&records[..half]).await.unwrap();
     let poison = publisher.send("cdc.public.customers", 0, Some(b"{\"id\":1}"), Some(b"{\"op\":\"c\"")).await.unwrap();
+    // Bigger than the dead-letter producer may send (1 MB by default).
+    let huge = vec![b'x'; 2 << 20];
+    let huge_offset = publisher.send("cdc.public.customers", 0, Some(b"{\"id\":2}"), Some(&huge)).await.unwrap();
 
     let sink = Recording::default();
     let first = consume(&brokers, &sink, true).await;
-    assert_eq!(first as usize, half + 1);
+    assert_eq!(first as usize, half + 2);
 
     // The rest arrives while nobody consumes; a new consumer picks up.
     publisher.send_all(&records[half..]).await.unwrap();
     let second = consume(&brokers, &sink, true).await;
-    assert!(second as usize >= records.len() - half, "the restarted consumer read the rest");
+    // Exactly the rest: not the dead letters (`<topic>.dlq` matches the
+    // default pattern too) and nothing applied before.
+    assert_eq!(second as usize, records.len() - half, "the restarted consumer read the rest, and only that");
 
     // Same state as applying the fixture directly, each event once.
     let mut expected = MemorySink::new();
@@ -160,6 +165,20 @@ async fn fixture_through_kafka_with_restart_and_poison() {
     assert_eq!(header("cdc.offset"), Some(poison.to_string()));
     assert_eq!(header("cdc.topic").as_deref(), Some("cdc.public.customers"));
     assert!(header("cdc.error").unwrap().contains(&format!("cdc.public.customers[0]@{poison}")));
+    // The oversized one is stored as a reference to the original record.
+    let message =
+        (0..100).find_map(|_| dlq.poll(Duration::from_millis(200)).and_then(|m| m.ok())).expect("a second dead letter");
+    let headers = message.headers().unwrap();
+    let header = |name: &str| {
+        headers.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(header("cdc.offset"), Some(huge_offset.to_string()));
+    assert_eq!(header("cdc.omitted").as_deref(), Some(format!("key=8 value={}", huge.len()).as_str()));
+    assert_eq!(message.payload(), None);
+    // Nothing read the dead letters back.
+    let topics = dlq.fetch_metadata(None, Duration::from_secs(5)).unwrap();
+    let names: Vec<&str> = topics.topics().iter().map(|t| t.name()).collect();
+    assert!(!names.iter().any(|t| t.ends_with(".dlq.dlq")), "{names:?}");
 }
 
 /// A second consumer joins the group mid-stream: partitions move between
@@ -229,4 +248,44 @@ async fn metrics_endpoint_reports_the_run() {
         "{body}"
     );
     assert!(body.contains("cdc_dead_letters_total 0\n"), "{body}");
+}
+
+/// A sink that is down for good.
+struct Down;
+
+#[async_trait]
+impl Sink for Down {
+    fn name(&self) -> &str {
+        "down"
+    }
+    async fn durable_offsets(&mut self) -> Result<Offsets> {
+        Ok(Offsets::new())
+    }
+    async fn apply(&mut self, _: &Batch) -> Result<()> {
+        Err(cdc_core::Error::Unavailable { sink: "down".into(), message: "connection refused".into() })
+    }
+}
+
+/// SIGTERM while a batch retries through an outage (retries are unbounded
+/// by default): the consumer stops within its shutdown timeout, committing
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_an_outage_is_bounded() {
+    let records = fixture_records();
+    let (_cluster, brokers, publisher) = kafka_with_topics(&records);
+    publisher.send_all(&records[..20]).await.unwrap();
+    let mut config = KafkaConfig::new(&brokers, "cdc-test-outage");
+    config.shutdown_timeout_secs = 2;
+    let retry = cdc_core::pipeline::RetryPolicy { initial_backoff_ms: 50, max_backoff_ms: 200, ..Default::default() };
+    let mut pipeline =
+        Pipeline::new(Decoder::new(), vec![Box::new(Down)], Box::new(cdc_core::pipeline::MemoryDeadLetters::default()))
+            .with_retry(retry)
+            .with_policy(BatchPolicy { max_records: 5, max_bytes: 1 << 30, max_latency_ms: 100 });
+    let source = KafkaSource::new(&config, &mut pipeline).await.unwrap();
+    let started = std::time::Instant::now();
+    let shutdown = tokio::time::sleep(Duration::from_secs(5));
+    let run = source.run_until(&mut pipeline, shutdown, None);
+    let summary = tokio::time::timeout(Duration::from_secs(30), run).await.expect("stopped in time").unwrap();
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert_eq!(summary.batches, 0, "nothing applied, nothing committed");
 }

@@ -182,7 +182,7 @@ pub fn stored_columns(batch: &RecordBatch) -> Result<RecordBatch> {
 /// batch cannot touch existing rows, so it can be appended.
 pub fn keys_above_table(table: &DeltaTable, key: &[String], batch: &RecordBatch) -> Result<bool> {
     let [key] = key else { return Ok(false) };
-    let Some(min_new) = min_int(batch.column_by_name(key).expect("key column")) else { return Ok(false) };
+    let Some(min_new) = batch.column_by_name(key).and_then(min_int) else { return Ok(false) };
     let state = table.snapshot().map_err(|e| super::delta_error(&e))?;
     for file in state.log_data().iter() {
         // File statistics as the log stores them: {"maxValues": {"id": 41}, ...}.
@@ -197,12 +197,21 @@ pub fn keys_above_table(table: &DeltaTable, key: &[String], batch: &RecordBatch)
     Ok(true)
 }
 
+/// The smallest value of an integer column; `None` for any other type: a
+/// cast of a numeric or text key to an integer range would leave stored
+/// rows outside it (7.25 -> 7).
 fn min_int(array: &ArrayRef) -> Option<i64> {
+    if !array.data_type().is_integer() {
+        return None;
+    }
     let array = cast(array, &DataType::Int64).ok()?;
     deltalake::arrow::compute::min(array.as_primitive::<deltalake::arrow::datatypes::Int64Type>())
 }
 
 fn max_int(array: &ArrayRef) -> Option<i64> {
+    if !array.data_type().is_integer() {
+        return None;
+    }
     let array = cast(array, &DataType::Int64).ok()?;
     deltalake::arrow::compute::max(array.as_primitive::<deltalake::arrow::datatypes::Int64Type>())
 }
@@ -243,11 +252,11 @@ impl MergeSql {
         prune: bool,
     ) -> Result<MergeSql> {
         let mut predicate: Vec<String> = key.iter().map(|k| format!("target.{k} = source.{k}", k = ident(k))).collect();
-        if let (true, [single]) = (prune, key) {
-            let column = source.column_by_name(single).expect("key column");
-            if let (Some(min), Some(max)) = (min_int(column), max_int(column)) {
-                predicate.push(format!("target.{k} >= {min} AND target.{k} <= {max}", k = ident(single)));
-            }
+        if let (true, [single]) = (prune, key)
+            && let Some(column) = source.column_by_name(single)
+            && let (Some(min), Some(max)) = (min_int(column), max_int(column))
+        {
+            predicate.push(format!("target.{k} >= {min} AND target.{k} <= {max}", k = ident(single)));
         }
         // Columns some change in the run did not send (unchanged TOAST, or
         // the non-key part of a key-only delete): those keep the target's value.

@@ -2,20 +2,42 @@
 //! partitioned by source table and event date, so any row's history can be
 //! queried.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use cdc_core::{Batch, ChangeEvent, Error, Result};
+use deltalake::DeltaTable;
 use deltalake::arrow::array::{
     ArrayRef, Date32Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
+use futures::TryStreamExt;
 
-use super::{DeltaConfig, NAME, TableState, commit_properties, delta_error, open_state};
+use super::{DeltaConfig, NAME, OFFSETS_LOOKBACK, TableState, delta_error, offsets_commit, open_state};
 
 /// The history table's name under the root.
 pub const TABLE: &str = "cdc_events";
+
+/// History commit metadata naming the tables the commit's events go to, so
+/// a restart finds every table even where the root cannot be listed.
+const TABLES_METADATA: &str = "cdc.tables";
+
+/// The tables named by the history's recent commits.
+pub(super) async fn tables_written(table: &DeltaTable) -> Result<BTreeSet<String>> {
+    let mut names = BTreeSet::new();
+    if table.version().is_none() {
+        return Ok(names);
+    }
+    let infos: Vec<_> = table.history(Some(OFFSETS_LOOKBACK)).try_collect().await.map_err(|e| delta_error(&e))?;
+    for value in infos.iter().filter_map(|info| info.info.get(TABLES_METADATA)) {
+        if let Ok(list) = serde_json::from_value::<Vec<String>>(value.clone()) {
+            names.extend(list);
+        }
+    }
+    Ok(names)
+}
 
 /// The history table, opened on first use.
 pub(super) async fn state<'a>(config: &DeltaConfig, slot: &'a mut Option<TableState>) -> Result<&'a mut TableState> {
@@ -34,9 +56,10 @@ pub(super) async fn append(config: &DeltaConfig, slot: &mut Option<TableState>, 
         return Ok(());
     }
     let rows = to_batch(&events)?;
-    let mut cumulative = state.held.clone();
-    cumulative.merge(&batch.offsets);
-    let properties = commit_properties(config, &batch.offsets, &cumulative);
+    let tables: BTreeSet<String> =
+        events.iter().map(|e| config.table_name(&e.source.schema, &e.source.table)).collect();
+    let (properties, cumulative) =
+        offsets_commit(config, &state.held, &batch.offsets, Some((TABLES_METADATA, serde_json::json!(tables))));
     let creating = state.table.version().is_none();
     let mut builder = state
         .table

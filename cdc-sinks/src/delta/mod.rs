@@ -10,7 +10,7 @@ mod history;
 pub mod maintenance;
 pub mod time_travel;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -253,24 +253,37 @@ async fn read_offsets(config: &DeltaConfig, table: &DeltaTable) -> Result<Offset
     Ok(offsets)
 }
 
-/// Commit properties making `offsets` durable with the data: `txn` actions
-/// for the partitions of this commit, and the table's cumulative offsets as
-/// metadata.
-fn commit_properties(config: &DeltaConfig, this_commit: &Offsets, cumulative: &Offsets) -> CommitProperties {
+/// The one place offsets reach a Delta log. `txn` actions for the
+/// partitions this commit moves forward (a partition at or below what the
+/// table holds is left out: offsets never go backwards), and the table's
+/// cumulative offsets as metadata (plus `extra` metadata). Returns the
+/// properties and the offsets the table holds once the commit lands.
+///
+/// The stored offsets are checked inside the commit itself: delta-rs fails
+/// a commit with a conflict when a commit since the snapshot it read wrote
+/// one of its `txn` app ids, so a stale writer (a consumer that lost the
+/// partition in a rebalance) re-reads the table and skips what it holds.
+fn offsets_commit(
+    config: &DeltaConfig,
+    held: &Offsets,
+    this_commit: &Offsets,
+    extra: Option<(&str, serde_json::Value)>,
+) -> (CommitProperties, Offsets) {
+    let now = chrono::Utc::now().timestamp_millis();
     let txns: Vec<Transaction> = this_commit
         .iter()
+        .filter(|(topic, partition, offset)| held.get(topic, *partition).is_none_or(|held| held < *offset))
         .map(|(topic, partition, offset)| {
-            Transaction::new_with_last_update(
-                config.app_id(topic, partition),
-                offset,
-                Some(chrono::Utc::now().timestamp_millis()),
-            )
+            Transaction::new_with_last_update(config.app_id(topic, partition), offset, Some(now))
         })
         .collect();
+    let mut cumulative = held.clone();
+    cumulative.merge(this_commit);
     let listed: Vec<(String, i32, i64)> = cumulative.iter().map(|(t, p, o)| (t.to_owned(), p, o)).collect();
-    CommitProperties::default()
-        .with_application_transactions(txns)
-        .with_metadata([(OFFSETS_METADATA.to_owned(), serde_json::json!(listed))])
+    let mut metadata = vec![(OFFSETS_METADATA.to_owned(), serde_json::json!(listed))];
+    metadata.extend(extra.map(|(key, value)| (key.to_owned(), value)));
+    let properties = CommitProperties::default().with_application_transactions(txns).with_metadata(metadata);
+    (properties, cumulative)
 }
 
 /// Applies one table's pending events: truncates in their own commits, runs
@@ -314,13 +327,11 @@ async fn apply_events(
                 }
             }
         }
-        let mut cumulative = state.held.clone();
-        cumulative.merge(&this_commit);
-        let properties = commit_properties(config, &this_commit, &cumulative);
+        let (properties, cumulative) = offsets_commit(config, &state.held, &this_commit, None);
         let table = state.table.clone();
         let events = &events[segment];
         let table = if events[0].op == Op::Truncate {
-            truncate(table, properties).await?
+            truncate(table, events[0], properties).await?
         } else {
             match cdc_core::collapse(events).pop() {
                 Some(TableChange::Rows(rows)) => apply_rows(config, name, table, &rows, properties, stats).await?,
@@ -334,11 +345,20 @@ async fn apply_events(
     Ok(())
 }
 
-async fn truncate(table: DeltaTable, properties: CommitProperties) -> Result<DeltaTable> {
+/// Deletes the rows older than the truncate, by order key rather than by
+/// arrival: rows changed after it (consumed earlier from another
+/// partition) stay.
+async fn truncate(table: DeltaTable, event: &ChangeEvent, properties: CommitProperties) -> Result<DeltaTable> {
     if table.version().is_none() {
         return Ok(table);
     }
-    let (table, _) = table.delete().with_commit_properties(properties).await.map_err(|e| delta_error(&e))?;
+    let predicate = format!("{} < '{}'", cdc_core::arrow::ORDER_COLUMN, event.order.to_hex());
+    let (table, _) = table
+        .delete()
+        .with_predicate(predicate)
+        .with_commit_properties(properties)
+        .await
+        .map_err(|e| delta_error(&e))?;
     Ok(table)
 }
 
@@ -494,34 +514,42 @@ impl Sink for DeltaSink {
         (!all.is_empty()).then(|| all.join(" "))
     }
 
-    /// The offsets of every table under the root (and the history table):
-    /// per topic-partition the lowest any of them holds.
+    /// Per topic-partition, the lowest offset any table (and the history
+    /// table) holds. A partition the history holds but no table does is left
+    /// out (resume from the group's offset or the start): a crash between
+    /// the history commit and a table's first commit of that partition
+    /// must not hide the table's gap behind the history's offset. Tables
+    /// are found by listing a local root and, on any root, from the history
+    /// commits' `cdc.tables` lists.
     async fn durable_offsets(&mut self) -> Result<Offsets> {
-        let mut names = time_travel::list_tables(&self.config)?;
-        names.retain(|n| n != history::TABLE);
-        let mut per_partition: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        let mut record = |offsets: &Offsets| {
-            for (topic, partition, offset) in offsets.iter() {
-                per_partition
-                    .entry((topic.to_owned(), partition))
-                    .and_modify(|o| *o = (*o).min(offset))
-                    .or_insert(offset);
-            }
-        };
+        let mut names: BTreeSet<String> = time_travel::list_tables(&self.config)?.into_iter().collect();
         // Re-read every table: another consumer of the group may have advanced it.
         self.tables.clear();
         self.history = None;
+        let history_held = if self.config.history {
+            let history = history::state(&self.config, &mut self.history).await?;
+            names.extend(history::tables_written(&history.table).await?);
+            Some(history.held.clone())
+        } else {
+            None
+        };
+        names.remove(history::TABLE);
+        let mut lowest: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for name in names {
             let state = self.state(&name).await?;
-            record(&state.held);
-        }
-        if self.config.history {
-            let history = history::state(&self.config, &mut self.history).await?;
-            record(&history.held);
+            for (topic, partition, offset) in state.held.iter() {
+                lowest.entry((topic.to_owned(), partition)).and_modify(|o| *o = (*o).min(offset)).or_insert(offset);
+            }
         }
         let mut offsets = Offsets::new();
-        for ((topic, partition), offset) in per_partition {
-            offsets.set(Arc::from(topic), partition, offset);
+        for ((topic, partition), offset) in lowest {
+            let history = history_held.as_ref().map(|held| held.get(&topic, partition));
+            match history {
+                // The history is behind every table, or holds nothing of it.
+                Some(Some(h)) => offsets.set(Arc::from(topic), partition, offset.min(h)),
+                Some(None) => {}
+                None => offsets.set(Arc::from(topic), partition, offset),
+            }
         }
         Ok(offsets)
     }

@@ -249,3 +249,88 @@ async fn init_script_prepares_the_target() {
     let offsets: i64 = db.query_one("SELECT count(*) FROM cdc_meta.offsets", &[]).await.unwrap().get(0);
     assert!(offsets >= 4, "one row per topic-partition");
 }
+
+fn int_key(event: &cdc_core::ChangeEvent) -> i32 {
+    match &event.key.as_ref().expect("keyed")[0] {
+        cdc_core::Value::Int(i) => *i as i32,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// After a hard delete, an older event of the same key arriving later (from
+/// another partition) must not bring the row back: the delete's order key
+/// is remembered.
+#[tokio::test]
+async fn a_deleted_row_stays_deleted_when_an_older_event_arrives_later() {
+    let url = fresh_database("sinks_target_tombstone").await;
+    let records = fixture_records("schemas");
+    let events = changes(&records);
+    let (older, delete) = events
+        .iter()
+        .filter(|d| d.op == cdc_core::Op::Delete)
+        .find_map(|d| {
+            let older = events.iter().find(|e| {
+                e.source.table == d.source.table && e.key == d.key && e.op != cdc_core::Op::Delete && e.order < d.order
+            })?;
+            Some((*older, *d))
+        })
+        .expect("a deleted row with an earlier change");
+    let mut target = sink(&url);
+    target.apply(&Batch { events: vec![moved(older, 7, 1)], offsets: Offsets::new() }).await.unwrap();
+    target.apply(&Batch { events: vec![moved(delete, 8, 1)], offsets: Offsets::new() }).await.unwrap();
+    // The same older change again, as another partition would deliver it late.
+    target.apply(&Batch { events: vec![moved(older, 9, 1)], offsets: Offsets::new() }).await.unwrap();
+    let mirror = connect(&url).await;
+    let sql = format!("SELECT count(*) FROM \"{}\".\"{}\" WHERE id = $1", delete.source.schema, delete.source.table);
+    let count: i64 = mirror.query_one(&sql, &[&int_key(delete)]).await.unwrap().get(0);
+    assert_eq!(count, 0, "{} id {} resurrected", delete.source.table, int_key(delete));
+}
+
+/// A truncate removes what is older than it, not what arrived before it: a
+/// row written after the truncate (consumed first, from another partition)
+/// stays, and an older row consumed after it stays out.
+#[tokio::test]
+async fn truncate_applies_by_order() {
+    let url = fresh_database("sinks_target_truncate").await;
+    let records = fixture_records("schemas");
+    let events = changes(&records);
+    let truncate = events.iter().find(|e| e.op == cdc_core::Op::Truncate).expect("a truncate");
+    let same_table = |e: &&&cdc_core::ChangeEvent| e.source.table == truncate.source.table && e.key.is_some();
+    let after = events.iter().filter(same_table).find(|e| e.order > truncate.order).expect("a row after it");
+    let before = events.iter().filter(same_table).find(|e| e.order < truncate.order && e.key != after.key).unwrap();
+    let mut target = sink(&url);
+    target.apply(&Batch { events: vec![moved(after, 7, 1)], offsets: Offsets::new() }).await.unwrap();
+    target.apply(&Batch { events: vec![moved(truncate, 8, 1)], offsets: Offsets::new() }).await.unwrap();
+    target.apply(&Batch { events: vec![moved(before, 9, 1)], offsets: Offsets::new() }).await.unwrap();
+    let mirror = connect(&url).await;
+    let sql = format!("SELECT id FROM \"{}\".\"{}\" ORDER BY id", truncate.source.schema, truncate.source.table);
+    let ids: Vec<i32> = mirror.query(&sql, &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, vec![int_key(after)]);
+}
+
+/// A value the client cannot serialise for its column (a list where the
+/// table has a text column) is bad data: not retriable, and the error names
+/// the record, so the pipeline dead-letters it instead of retrying for ever.
+#[tokio::test]
+async fn a_value_the_client_cannot_serialise_is_bad_data() {
+    let url = fresh_database("sinks_target_serialise").await;
+    let record = |offset: i64, value: &str| {
+        let json = format!(
+            r#"{{"before":null,"after":{{"id":1,"v":{value}}},
+               "source":{{"schema":"public","table":"t","lsn":{offset},"txId":1}},"op":"c"}}"#
+        );
+        let raw = RawRecord {
+            topic: "cdc.public.t",
+            partition: 0,
+            offset,
+            key: Some(br#"{"id":1}"#),
+            value: Some(json.as_bytes()),
+        };
+        Decoder::new().decode(raw).unwrap()
+    };
+    let mut target = sink(&url);
+    target.apply(&Batch::from_records([record(1, r#""text""#)])).await.unwrap();
+    let err = target.apply(&Batch::from_records([record(2, r#"["a","b"]"#)])).await.unwrap_err();
+    assert!(!err.is_retriable(), "{err}");
+    assert!(err.to_string().contains("cdc.public.t[0]@2"), "{err}");
+}
