@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL cluster with wal_level=logical, no system service.
-#   scripts/pg-cluster.sh start DIR   -> initdb + start on a free port; prints the URL
+#   scripts/pg-cluster.sh start DIR   -> initdb + start on a free port (or $PG_PORT); prints the URL
 #   scripts/pg-cluster.sh stop DIR
 # Installs Debian's postgresql package when initdb is missing. Runs the server as
 # the 'postgres' OS user when invoked as root (initdb refuses root).
@@ -43,7 +43,8 @@ start)
         as_pg "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
             || { cat "$dir/initdb.log" >&2; exit 1; }
     fi
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    # A restarted cluster keeps its port (PG_PORT), so its clients reconnect.
+    port=${PG_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
     as_pg "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
         -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_replication_slots=20 -c max_wal_senders=20 -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
         start >/dev/null || { cat "$dir/server.log" >&2; exit 1; }

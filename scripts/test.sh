@@ -4,7 +4,8 @@
 # deltalake reader), starts a throwaway PostgreSQL cluster with wal_level=logical
 # on a free port, exports its URL to the tests as CDC_TEST_PG_URL, checks
 # formatting and lints, runs the tests, then the local end-to-end run with real
-# Debezium (scripts/e2e-local.sh), and stops the cluster.
+# Debezium (scripts/e2e-local.sh) and the short chaos suite (scripts/chaos.sh),
+# and stops the cluster.
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -p cdc-core     # extra arguments go to the test runner
@@ -58,4 +59,6 @@ if [ $# -eq 0 ]; then
         echo "$left" >&2
         exit 1
     fi
+    # Kills, a rebalance storm, poison, a PostgreSQL outage: exactly once still.
+    scripts/chaos.sh --short
 fi

@@ -5,8 +5,9 @@ the replay format, and the state the source ends in.
     python3 tests/chaos/generate.py --seed 7 --events 20000 --out DIR
 
 writes DIR/stream.jsonl (what kafka_broker --publish-stdin publishes),
-DIR/expected.json (per table, key -> row of the final state) and
-DIR/poison.json (the poison records' topic, key and why they are bad).
+DIR/expected.json (per table, key -> row of the final state),
+DIR/poison.json (the poison records' topic, key and why they are bad) and
+DIR/stats.json (counts).
 """
 import argparse
 import json
@@ -134,7 +135,10 @@ def main():
     with open(f"{args.out}/poison.json", "w") as f:
         json.dump(poison_records, f)
     changes = sum(1 for l in lines if l["value"] is not None) - len(poison_records)
-    print(json.dumps({"records": len(lines), "changes": changes, "poison": len(poison_records)}))
+    stats = {"records": len(lines), "changes": changes, "poison": len(poison_records)}
+    with open(f"{args.out}/stats.json", "w") as f:
+        json.dump(stats, f)
+    print(json.dumps(stats))
 
 
 if __name__ == "__main__":
