@@ -86,7 +86,7 @@ fn merge(c: &mut Criterion) {
                     batch
                         .events
                         .into_iter()
-                        .map(|e| Batch { events: vec![e], offsets: Default::default() })
+                        .map(|e| Batch { events: vec![e], offsets: Default::default(), reapply: false })
                         .collect::<Vec<_>>()
                 },
                 |events: Vec<Batch>| {

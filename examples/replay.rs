@@ -13,6 +13,7 @@
 //! cargo run --example replay -- --input tests/fixtures/debezium/schemas.jsonl --delta-root ./deltalake
 //! kcat -C -b localhost:29092 -t cdc.public.orders -J -e | cargo run --example replay -- --input - --target-url postgres://...
 //! cargo run --example replay -- --input dump.jsonl --config consumer.toml
+//! cargo run --example replay -- --input dead-letters.jsonl --reapply --config consumer.toml   # fixed dead letters
 //! ```
 mod config;
 
@@ -49,6 +50,12 @@ struct Args {
     /// Records per batch.
     #[arg(long, default_value_t = 10_000)]
     batch: usize,
+    /// Apply the records even where the sinks hold their positions: for
+    /// dead letters whose cause was fixed. Each row still moves only forward
+    /// by order key, so a stale letter cannot overwrite newer data. (Delta's
+    /// `cdc_events` history is left as it is.)
+    #[arg(long)]
+    reapply: bool,
 }
 
 #[tokio::main]
@@ -88,7 +95,8 @@ async fn main() -> anyhow::Result<()> {
     let mut pipeline = Pipeline::new(Decoder::new().keep_raw_json(true), sinks, dead_letters)
         .with_policy(config.batch.clone())
         .with_retry(config.retry.clone())
-        .with_on_error(config.on_error);
+        .with_on_error(config.on_error)
+        .with_reapply(args.reapply);
     let summary = match args.input.as_str() {
         "-" => jsonl::replay(std::io::stdin().lock(), "stdin", &mut pipeline).await?,
         path => {

@@ -136,7 +136,7 @@ pub async fn replay(input: impl std::io::BufRead, name: &str, pipeline: &mut Pip
             continue;
         }
         match parse_line(&line, name, number as u64) {
-            Ok(record) if resume.holds(&record.raw().position()) => summary.skipped += 1,
+            Ok(record) if !pipeline.reapplies() && resume.holds(&record.raw().position()) => summary.skipped += 1,
             Ok(record) => {
                 summary.records += 1;
                 pipeline.push(record.raw()).await?;

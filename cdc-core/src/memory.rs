@@ -89,10 +89,9 @@ impl Sink for MemorySink {
     }
 
     async fn apply(&mut self, batch: &Batch) -> Result<()> {
-        for event in &batch.events {
-            if !self.offsets.holds(&event.position) {
-                self.apply_event(event);
-            }
+        let held = self.offsets.clone();
+        for event in batch.to_apply(&held) {
+            self.apply_event(event);
         }
         self.offsets.merge(&batch.offsets);
         self.batches += 1;

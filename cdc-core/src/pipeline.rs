@@ -165,6 +165,7 @@ pub struct Pipeline {
     policy: BatchPolicy,
     retry: RetryPolicy,
     on_error: OnError,
+    reapply: bool,
     pending: Vec<Record>,
     /// Raw bytes of pending change events, by position, for dead letters.
     pending_raw: BTreeMap<Position, RawBytes>,
@@ -182,6 +183,7 @@ impl Pipeline {
             policy: BatchPolicy::default(),
             retry: RetryPolicy::default(),
             on_error: OnError::default(),
+            reapply: false,
             pending: Vec::new(),
             pending_raw: BTreeMap::new(),
             pending_bytes: 0,
@@ -203,6 +205,18 @@ impl Pipeline {
     pub fn with_on_error(mut self, on_error: OnError) -> Pipeline {
         self.on_error = on_error;
         self
+    }
+
+    /// Applies records even where the sinks hold their offsets (replaying
+    /// fixed dead letters); rows still move only forward by order key.
+    pub fn with_reapply(mut self, reapply: bool) -> Pipeline {
+        self.reapply = reapply;
+        self
+    }
+
+    /// Whether records the sinks hold are applied again ([`with_reapply`](Self::with_reapply)).
+    pub fn reapplies(&self) -> bool {
+        self.reapply
     }
 
     pub fn stats(&self) -> &PipelineStats {
@@ -335,7 +349,8 @@ impl Pipeline {
         if records.is_empty() {
             return Ok(Offsets::new());
         }
-        let batch = Batch::from_records(records);
+        let mut batch = Batch::from_records(records);
+        batch.reapply = self.reapply;
         for i in 0..self.sinks.len() {
             self.apply_isolating(i, &batch, &raw).await?;
         }
@@ -379,7 +394,7 @@ impl Pipeline {
     async fn apply_isolating(&mut self, i: usize, batch: &Batch, raw: &BTreeMap<Position, RawBytes>) -> Result<()> {
         let mut stack = vec![(batch.events.clone(), batch.offsets.clone())];
         while let Some((events, offsets)) = stack.pop() {
-            let part = Batch { events, offsets };
+            let part = Batch { events, offsets, reapply: batch.reapply };
             let error = match self.apply_with_backoff(i, &part).await {
                 Ok(()) => continue,
                 Err(error) if error.is_retriable() => return Err(error),
@@ -389,7 +404,8 @@ impl Pipeline {
                 Ok([event]) => {
                     self.refuse(i, &event, error, raw).await?;
                     // Now move the offsets past it, so no sink waits on it again.
-                    self.apply_with_backoff(i, &Batch { events: Vec::new(), offsets: part.offsets }).await?;
+                    let past = Batch { events: Vec::new(), offsets: part.offsets, reapply: false };
+                    self.apply_with_backoff(i, &past).await?;
                 }
                 Err(events) if events.len() <= 1 => return Err(error), // nothing left to blame
                 Err(events) => {

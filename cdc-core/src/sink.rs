@@ -62,6 +62,9 @@ pub struct Batch {
     /// with nothing to apply (tombstones, heartbeats, transaction markers),
     /// so a sink's stored offsets move past them too.
     pub offsets: Offsets,
+    /// Apply the events even at or below a sink's stored offsets (fixed dead
+    /// letters replayed): each row still moves only forward by order key.
+    pub reapply: bool,
 }
 
 impl Batch {
@@ -78,6 +81,19 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.events.is_empty() && self.offsets.is_empty()
+    }
+
+    /// The events a sink that stores `held` must apply: those beyond its
+    /// stored offsets (the rest it already holds), or, in a
+    /// [`reapply`](Batch::reapply) batch, all of them. Every sink asks this,
+    /// so the rule lives here.
+    pub fn to_apply<'a>(&'a self, held: &'a Offsets) -> impl Iterator<Item = &'a ChangeEvent> + 'a {
+        self.events.iter().filter(move |e| self.must_apply(held, e))
+    }
+
+    /// Whether a sink that stores `held` must apply `event` of this batch.
+    pub fn must_apply(&self, held: &Offsets, event: &ChangeEvent) -> bool {
+        self.reapply || !held.holds(&event.position)
     }
 }
 
@@ -101,8 +117,10 @@ impl Batch {
 ///   lowest offset any sink holds.
 /// - **Duplicates.** Because sinks resume from different points, a sink will
 ///   be given records it already holds: it must skip events at or below its
-///   durable offset for their partition, so applying a batch twice leaves the
-///   same state as applying it once.
+///   durable offset for their partition ([`Batch::to_apply`]), checked
+///   against the offsets it has stored, not a copy cached in the process, so
+///   applying a batch twice leaves the same state as applying it once. Stored
+///   offsets never go backwards.
 /// - **Bad data.** An event the sink cannot apply fails the batch with an
 ///   error naming the event; [`Error::is_retriable`](crate::Error::is_retriable)
 ///   tells a transient failure (retry the same batch) from bad data

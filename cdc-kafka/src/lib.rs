@@ -498,6 +498,7 @@ impl KafkaSource {
     /// ahead, rather than have the sinks skip a stretch already applied.
     async fn catch_up(&self, pipeline: &mut Pipeline, assigned: Vec<(String, i32)>) -> Result<()> {
         let held = pipeline.resume_offsets().await?;
+        self.check_not_reset(&held, &assigned).await?;
         let mut seeks = Vec::new();
         {
             let mut shared = self.shared.lock().expect("lock");
@@ -524,6 +525,46 @@ impl KafkaSource {
         })
         .await
         .map_err(|e| Error::Sink { sink: "kafka".into(), message: e.to_string(), retriable: false })
+    }
+
+    /// Sinks that hold an offset at or beyond a partition's end were fed by
+    /// another incarnation of the topic (recreated, or a new Kafka cluster
+    /// such as a fresh docker-compose stack): resuming would silently skip
+    /// every record up to that offset. Stop with an error that says so.
+    async fn check_not_reset(&self, held: &Offsets, assigned: &[(String, i32)]) -> Result<()> {
+        let checks: Vec<(String, i32, i64)> =
+            assigned.iter().filter_map(|(t, p)| Some((t.clone(), *p, held.get(t, *p)?))).collect();
+        if checks.is_empty() {
+            return Ok(());
+        }
+        let consumer = self.consumer.clone();
+        let beyond = tokio::task::spawn_blocking(move || {
+            checks.into_iter().find_map(|(topic, partition, offset)| {
+                match consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10)) {
+                    Ok((_, end)) if offset >= end => Some((topic, partition, offset, end)),
+                    Ok(_) => None,
+                    Err(error) => {
+                        tracing::warn!(topic, partition, %error, "reading the partition's end failed");
+                        None
+                    }
+                }
+            })
+        })
+        .await
+        .map_err(|e| Error::Sink { sink: "kafka".into(), message: e.to_string(), retriable: false })?;
+        match beyond {
+            None => Ok(()),
+            Some((topic, partition, offset, end)) => Err(Error::Sink {
+                sink: "kafka".into(),
+                message: format!(
+                    "{topic}[{partition}]: the sinks hold offset {offset} but the partition ends at {end}: the topic \
+                     was recreated or this is another Kafka cluster, and resuming would skip every record up to \
+                     {offset}. Start over with a new consumer name (delta.consumer, target.consumer, \
+                     datalake.consumer) and fresh tables, or delete this consumer's offsets from the sinks"
+                ),
+                retriable: false,
+            }),
+        }
     }
 
     fn log_progress(&self, pipeline: &Pipeline, rate: f64) {

@@ -907,7 +907,7 @@ impl StoredOffsets {
     /// The events of a batch not stored yet, by source table.
     pub fn unapplied<'a>(&self, batch: &'a Batch) -> BTreeMap<(String, String), Vec<&'a ChangeEvent>> {
         let mut tables: BTreeMap<(String, String), Vec<&ChangeEvent>> = BTreeMap::new();
-        for event in batch.events.iter().filter(|e| !self.held.holds(&e.position)) {
+        for event in batch.events.iter().filter(|e| batch.must_apply(&self.held, e)) {
             tables.entry((event.source.schema.clone(), event.source.table.clone())).or_default().push(event);
         }
         tables

@@ -289,3 +289,27 @@ async fn shutdown_during_an_outage_is_bounded() {
     assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
     assert_eq!(summary.batches, 0, "nothing applied, nothing committed");
 }
+
+/// The sinks hold offsets beyond a partition's end (the topics were
+/// recreated, or this is another cluster): the consumer stops with an error
+/// naming the partition instead of skipping every record up to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_ahead_of_a_recreated_topic_stop_the_consumer() {
+    let records = fixture_records();
+    let (_cluster, brokers, publisher) = kafka_with_topics(&records);
+    publisher.send_all(&records[..20]).await.unwrap();
+    let sink = Recording::default();
+    sink.state.lock().unwrap().0.offsets.set("cdc.public.customers".into(), 0, 5_000);
+    let config = KafkaConfig::new(&brokers, "cdc-test-reset");
+    let mut pipeline = Pipeline::new(
+        Decoder::new(),
+        vec![Box::new(sink.clone())],
+        Box::new(cdc_core::pipeline::MemoryDeadLetters::default()),
+    );
+    let source = KafkaSource::new(&config, &mut pipeline).await.unwrap();
+    let run = source.run_until(&mut pipeline, std::future::pending::<()>(), Some(Duration::from_secs(3)));
+    let error = tokio::time::timeout(Duration::from_secs(60), run).await.expect("stopped").unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("cdc.public.customers[0]") && message.contains("5000"), "{message}");
+    assert!(sink.state.lock().unwrap().1.iter().all(|p| &*p.topic != "cdc.public.customers"), "nothing of it applied");
+}

@@ -51,7 +51,7 @@ pub(super) async fn state<'a>(config: &DeltaConfig, slot: &'a mut Option<TableSt
 /// batch's offsets (all partitions, heartbeats included) in the same commit.
 pub(super) async fn append(config: &DeltaConfig, slot: &mut Option<TableState>, batch: &Batch) -> Result<()> {
     let state = state(config, slot).await?;
-    let events: Vec<&ChangeEvent> = batch.events.iter().filter(|e| !state.held.holds(&e.position)).collect();
+    let events: Vec<&ChangeEvent> = batch.to_apply(&state.held).collect();
     if events.is_empty() {
         return Ok(());
     }

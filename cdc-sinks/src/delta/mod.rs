@@ -180,20 +180,22 @@ impl DeltaSink {
         Ok(self.tables.get_mut(name).expect("inserted above"))
     }
 
-    async fn apply_table(&mut self, name: &str, events: &[&ChangeEvent], batch_offsets: &Offsets) -> Result<()> {
+    async fn apply_table(&mut self, name: &str, events: &[&ChangeEvent], batch: &Batch) -> Result<()> {
         let config = self.config.clone();
         let mut attempt = 0;
         loop {
             attempt += 1;
             let state = self.state(name).await?;
+            // The batch's rule (skip what the table holds, unless reapplying),
+            // for this table's share of its events.
             let pending: Vec<&ChangeEvent> =
-                events.iter().copied().filter(|e| !state.held.holds(&e.position)).collect();
+                events.iter().copied().filter(|e| batch.must_apply(&state.held, e)).collect();
             if pending.is_empty() {
                 return Ok(());
             }
             let stats = &mut self.stats;
             let state = self.tables.get_mut(name).expect("opened above");
-            match apply_events(&config, name, state, &pending, batch_offsets, stats).await {
+            match apply_events(&config, name, state, &pending, &batch.offsets, stats).await {
                 Ok(()) => return Ok(()),
                 Err(error) if error.is_retriable() && attempt < config.max_attempts => {
                     // Another writer (or maintenance) committed first, or the
@@ -562,11 +564,12 @@ impl Sink for DeltaSink {
         // History first: an event a table refuses (dead-lettered) still
         // happened at the source, and the history says so. A retried batch
         // skips what the history already holds.
-        if self.config.history {
+        // A reapplied batch (fixed dead letters) is already in the history.
+        if self.config.history && !batch.reapply {
             history::append(&self.config, &mut self.history, batch).await?;
         }
         for (name, events) in &tables {
-            self.apply_table(name, events, &batch.offsets).await?;
+            self.apply_table(name, events, batch).await?;
         }
         Ok(())
     }
