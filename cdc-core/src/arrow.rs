@@ -28,7 +28,7 @@ use std::sync::Arc;
 use arrow::array::{
     ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, DurationMicrosecondBuilder,
     Float32Builder, Float64Builder, Int8Builder, Int16Builder, Int32Builder, Int64Builder, IntervalMonthDayNanoBuilder,
-    ListArray, StringBuilder, Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
+    ListArray, ListBuilder, StringBuilder, Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::datatypes::{
@@ -218,17 +218,18 @@ fn metadata_columns(events: &[&ChangeEvent], unavailable: &[Vec<&str>]) -> Vec<A
         partition.append_value(event.position.partition);
         offset.append_value(event.position.offset);
     }
-    let names: Vec<Value> = unavailable
-        .iter()
-        .map(|names| match names.is_empty() {
-            true => Value::Null,
-            false => Value::List(names.iter().map(|n| Value::String((*n).into())).collect()),
-        })
-        .collect();
-    let list_type = ArrowType::List(Arc::new(ArrowField::new("item", ArrowType::Utf8, true)));
-    let unavailable =
-        build_array(&DataType::Array(Box::new(DataType::String)), &list_type, &names.iter().collect::<Vec<_>>())
-            .expect("lists of strings always convert");
+    let mut names = ListBuilder::new(StringBuilder::new());
+    for columns in unavailable {
+        if columns.is_empty() {
+            names.append_null();
+        } else {
+            for column in columns {
+                names.values().append_value(column);
+            }
+            names.append(true);
+        }
+    }
+    let unavailable: ArrayRef = Arc::new(names.finish());
     vec![
         Arc::new(op.finish()),
         Arc::new(order.finish()),

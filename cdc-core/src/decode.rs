@@ -297,7 +297,9 @@ impl Decoder {
             }
             self.value_schemas.insert(text.into(), CachedValueSchema { columns, keyed: Vec::new() });
         }
-        let cached = self.value_schemas.get_mut(text).expect("inserted above");
+        let Some(cached) = self.value_schemas.get_mut(text) else {
+            return Err(Error::Schema { message: format!("the schema of table {table} went missing from the cache") });
+        };
         let key_refs: Vec<&str> = key.iter().map(String::as_str).collect();
         let schema = Arc::new(cached.columns.with_key(&key_refs)?);
         cached.keyed.push((key.clone(), schema.clone()));
@@ -345,7 +347,7 @@ impl Decoder {
         let mut fields = schema.fields().to_vec();
         fields[index].data_type = wider;
         let key: Vec<&str> = schema.key_names().collect();
-        let widened = Arc::new(TableSchema::new(fields, &key).expect("same columns"));
+        let widened = Arc::new(TableSchema::new(fields, &key).ok()?);
         self.tables.insert(table.to_owned(), widened.clone());
         Some(widened)
     }
@@ -354,7 +356,7 @@ impl Decoder {
         let mut fields = schema.fields().to_vec();
         fields.extend(extra.iter().filter(|n| schema.index_of(n).is_none()).map(|n| dynamic_field(n)));
         let key: Vec<&str> = schema.key_names().collect();
-        let extended = Arc::new(TableSchema::new(fields, &key).expect("key columns are kept"));
+        let Ok(extended) = TableSchema::new(fields, &key).map(Arc::new) else { return schema.clone() };
         self.tables.insert(table.to_owned(), extended.clone());
         extended
     }
@@ -814,7 +816,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
                 "-Infinity" => Ok(Value::Float(f64::NEG_INFINITY)),
                 _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
             },
-            Decimal { scale, .. } => Ok(decimal_from_bytes(&self.bytes(v)?, *scale)),
+            Decimal { scale, .. } => decimal_from_bytes(&self.bytes(v)?, *scale).map_err(E::custom),
             TimestampTz => match v {
                 "infinity" => Ok(Value::TimestampTz(TIMESTAMP_INFINITY)),
                 "-infinity" => Ok(Value::TimestampTz(TIMESTAMP_NEG_INFINITY)),
@@ -860,7 +862,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
                     }
                 }
                 match (scale, bytes) {
-                    (Some(scale), Some(bytes)) => Ok(decimal_from_bytes(&bytes, scale)),
+                    (Some(scale), Some(bytes)) => decimal_from_bytes(&bytes, scale).map_err(de::Error::custom),
                     _ => Err(de::Error::custom("VariableScaleDecimal needs `scale` and `value`")),
                 }
             }
@@ -916,8 +918,20 @@ impl<'de, A: MapAccess<'de>> Deserializer<'de> for JsonMap<A> {
     }
 }
 
+/// The scales a PostgreSQL numeric can have (131072 digits before the point,
+/// 16383 after): any other cannot come from the source, and writing it out
+/// would take gigabytes.
+const DECIMAL_SCALES: std::ops::RangeInclusive<i32> = -131_072..=16_383;
+
 /// Big-endian two's-complement unscaled bytes (Connect's Decimal) to a value.
-fn decimal_from_bytes(bytes: &[u8], scale: i32) -> Value {
+fn decimal_from_bytes(bytes: &[u8], scale: i32) -> std::result::Result<Value, String> {
+    if !DECIMAL_SCALES.contains(&scale) {
+        return Err(format!("decimal scale {scale} is outside PostgreSQL's range {DECIMAL_SCALES:?}"));
+    }
+    Ok(decimal_in_range(bytes, scale))
+}
+
+fn decimal_in_range(bytes: &[u8], scale: i32) -> Value {
     if bytes.len() <= 16 {
         let negative = bytes.first().is_some_and(|b| b & 0x80 != 0);
         let mut buf = if negative { [0xff; 16] } else { [0; 16] };
@@ -927,8 +941,8 @@ fn decimal_from_bytes(bytes: &[u8], scale: i32) -> Value {
     let big = num_bigint::BigInt::from_signed_bytes_be(bytes);
     let digits = big.magnitude().to_string();
     let mut text = String::new();
-    crate::value::write_decimal(&mut text, big.sign() == num_bigint::Sign::Minus, &digits, scale)
-        .expect("writing to a String");
+    // Writing to a String cannot fail.
+    crate::value::write_decimal(&mut text, big.sign() == num_bigint::Sign::Minus, &digits, scale).unwrap_or_default();
     Value::BigDecimal(text.into())
 }
 
@@ -938,12 +952,16 @@ mod tests {
 
     #[test]
     fn decimal_bytes_sign_extend() {
-        assert_eq!(decimal_from_bytes(&[0xff], 2), Value::Decimal(Decimal { unscaled: -1, scale: 2 }));
-        assert_eq!(decimal_from_bytes(&[0x00, 0x80], 0), Value::Decimal(Decimal { unscaled: 128, scale: 0 }));
-        assert_eq!(decimal_from_bytes(&[], 0), Value::Decimal(Decimal { unscaled: 0, scale: 0 }));
+        assert_eq!(decimal_from_bytes(&[0xff], 2).unwrap(), Value::Decimal(Decimal { unscaled: -1, scale: 2 }));
+        assert_eq!(decimal_from_bytes(&[0x00, 0x80], 0).unwrap(), Value::Decimal(Decimal { unscaled: 128, scale: 0 }));
+        assert_eq!(decimal_from_bytes(&[], 0).unwrap(), Value::Decimal(Decimal { unscaled: 0, scale: 0 }));
         let mut wide = vec![0x01];
         wide.extend([0u8; 16]);
-        assert_eq!(decimal_from_bytes(&wide, 3), Value::BigDecimal("340282366920938463463374607431768211.456".into()));
+        assert_eq!(
+            decimal_from_bytes(&wide, 3).unwrap(),
+            Value::BigDecimal("340282366920938463463374607431768211.456".into())
+        );
+        assert!(decimal_from_bytes(&[1], i32::MAX).is_err() && decimal_from_bytes(&[1], i32::MIN).is_err());
     }
 
     #[test]

@@ -184,10 +184,10 @@ impl DeadLetterStore for JsonlDeadLetters {
             message: format!("{}: {e}", self.path.display()),
             retriable: false,
         };
-        if self.file.is_none() {
-            let file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(io_error)?;
-            self.file = Some(file);
-        }
+        let file = match self.file.take() {
+            Some(file) => file,
+            None => std::fs::OpenOptions::new().create(true).append(true).open(&self.path).map_err(io_error)?,
+        };
         let text = |bytes: &Option<Vec<u8>>| bytes.as_deref().map(|b| String::from_utf8_lossy(b).into_owned());
         let line = serde_json::json!({
             "topic": &*letter.position.topic,
@@ -198,7 +198,7 @@ impl DeadLetterStore for JsonlDeadLetters {
             "error": letter.error,
             "sink": letter.sink,
         });
-        let file = self.file.as_mut().expect("opened above");
+        let file = self.file.insert(file);
         writeln!(file, "{line}").and_then(|()| file.sync_data()).map_err(io_error)
     }
 }

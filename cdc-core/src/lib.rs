@@ -1,3 +1,15 @@
+// No input may panic the library: errors name the record instead (tests may panic).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable,
+        clippy::todo,
+        clippy::unimplemented
+    )
+)]
 //! The Debezium side of cdc-lakehouse: the change-event model, a type-faithful
 //! decoder for Kafka Connect JsonConverter records, Arrow conversion, and the
 //! [`Sink`] trait every destination implements.

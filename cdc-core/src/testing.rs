@@ -1,6 +1,8 @@
 //! Helpers for tests across the workspace: the real-Debezium fixtures in
 //! `tests/fixtures/debezium/` (captured by `tests/capture/capture.sh`).
 
+#![allow(clippy::expect_used, clippy::panic)] // test helpers: failing loudly is the point
+
 use std::path::PathBuf;
 
 use crate::{ChangeEvent, Decoder, Record};

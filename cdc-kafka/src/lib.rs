@@ -1,3 +1,15 @@
+// No input may panic the library: errors name the record instead (tests may panic).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable,
+        clippy::todo,
+        clippy::unimplemented
+    )
+)]
 //! Kafka source for the pipeline: a consumer group subscribed to the
 //! Debezium topics, partitions started right after the offsets every sink
 //! durably holds, Kafka offsets committed only after every sink applied a
@@ -15,7 +27,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 mod metrics;
@@ -165,7 +177,7 @@ struct Context {
 
 impl ClientContext for Context {
     fn stats(&self, statistics: rdkafka::Statistics) {
-        let mut shared = self.shared.lock().expect("lock");
+        let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
         for (topic, stats) in statistics.topics {
             for (partition, p) in stats.partitions {
                 // Partition -1 is librdkafka's internal queue; -1 lag is unknown.
@@ -181,7 +193,7 @@ impl ClientContext for Context {
 
 impl ConsumerContext for Context {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
-        let mut shared = self.shared.lock().expect("lock");
+        let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let elements: Vec<(String, i32)> =
@@ -339,7 +351,7 @@ impl KafkaSource {
 
     fn update_metrics(&self, pipeline: &Pipeline) {
         if let Some((metrics, _)) = &self.metrics {
-            let shared = self.shared.lock().expect("lock");
+            let shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
             metrics.update(pipeline.stats(), shared.assigned.len(), &shared.lag);
         }
     }
@@ -394,7 +406,7 @@ impl KafkaSource {
                 message = tokio::time::timeout(tick, receiver.recv()) => message,
             };
             let (revoked, assigned) = {
-                let mut shared = self.shared.lock().expect("lock");
+                let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
                 (std::mem::take(&mut shared.revoked), std::mem::take(&mut shared.newly_assigned))
             };
             if !revoked.is_empty() {
@@ -407,7 +419,7 @@ impl KafkaSource {
                 Ok(Some((message, generation))) => {
                     last_message = Some(Instant::now());
                     let current = {
-                        let shared = self.shared.lock().expect("lock");
+                        let shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
                         shared.current(message.topic(), message.partition(), generation)
                     };
                     if !current {
@@ -501,7 +513,7 @@ impl KafkaSource {
         self.check_not_reset(&held, &assigned).await?;
         let mut seeks = Vec::new();
         {
-            let mut shared = self.shared.lock().expect("lock");
+            let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
             for (topic, partition) in assigned {
                 let Some(offset) = held.get(&topic, partition) else { continue };
                 if shared.resume.get(&topic, partition).is_none_or(|known| known < offset) {
@@ -569,7 +581,7 @@ impl KafkaSource {
 
     fn log_progress(&self, pipeline: &Pipeline, rate: f64) {
         let stats = pipeline.stats();
-        let shared = self.shared.lock().expect("lock");
+        let shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
         let lag_total: i64 = shared.lag.values().sum();
         // The five partitions furthest behind; the metrics endpoint has them all.
         let mut behind: Vec<(&(String, i32), &i64)> = shared.lag.iter().filter(|(_, lag)| **lag > 0).collect();
@@ -603,7 +615,7 @@ impl KafkaSource {
         // The sinks hold it now: a later rebalance resumes after it.
         let mut commit = TopicPartitionList::new();
         {
-            let mut shared = self.shared.lock().expect("lock");
+            let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
             shared.resume.merge(&applied);
             for (topic, partition, offset) in applied.iter() {
                 if shared.assigned.iter().any(|(t, p)| t == topic && *p == partition) {

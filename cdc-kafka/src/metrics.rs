@@ -81,7 +81,9 @@ impl Metrics {
     /// The metrics in Prometheus' text format.
     pub fn render(&self) -> String {
         let mut text = String::new();
-        encode(&mut text, &self.registry).expect("writing to a String");
+        if let Err(error) = encode(&mut text, &self.registry) {
+            tracing::warn!(%error, "encoding the metrics failed");
+        }
         text
     }
 

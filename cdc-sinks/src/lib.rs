@@ -1,3 +1,15 @@
+// No input may panic the library: errors name the record instead (tests may panic).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable,
+        clippy::todo,
+        clippy::unimplemented
+    )
+)]
 //! Sinks that apply Debezium change events, each an implementation of
 //! [`cdc_core::Sink`].
 //!

@@ -125,9 +125,11 @@ impl Connection {
                 }
             });
             tracing::debug!(sink, url = %self.config.url, "connected");
-            self.client = Some(client);
+            return Ok(self.client.insert(client));
         }
-        Ok(self.client.as_mut().expect("connected above"))
+        self.client
+            .as_mut()
+            .ok_or_else(|| Error::Unavailable { sink: self.sink.into(), message: "not connected".into() })
     }
 
     /// Forgets the client so the next call reconnects.
@@ -539,7 +541,7 @@ impl StateTables {
                 }
             }
         }
-        let newest = &events.last().expect("non-empty").schema;
+        let Some(newest) = events.last().map(|e| &e.schema) else { return Ok(Vec::new()) };
         let key: Vec<&str> = newest.key_names().collect();
         columns.sort_by_key(|c| !key.contains(&c.name.as_str()));
 
@@ -554,7 +556,7 @@ impl StateTables {
             }
         }
         let table = format!("{}.{}", quote_ident(schema_name)?, quote_ident(table_name)?);
-        let known = self.known.get(&id).expect("known above").clone();
+        let known = self.known.get(&id).cloned().unwrap_or(KnownTable { columns: BTreeMap::new() });
         let mut changed = known.clone();
         for column in &columns {
             let wanted = pg_type(column);

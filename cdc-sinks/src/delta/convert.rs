@@ -116,7 +116,7 @@ pub fn for_delta(
             fields.remove(i);
             columns.remove(i);
         }
-        let ops = batch.column_by_name(OP_COLUMN).expect("metadata column").as_string::<i32>();
+        let ops = required_column(batch, OP_COLUMN)?.as_string::<i32>();
         let deleted: BooleanArray = ops.iter().map(|op| Some(op == Some("d"))).collect();
         fields.push(Field::new(DELETED_COLUMN, DataType::Boolean, true));
         columns.push(Arc::new(deleted));
@@ -150,19 +150,25 @@ fn clamp_infinities(column: ArrayRef) -> ArrayRef {
     }
 }
 
+/// A column the batch is built with (key or metadata); its absence is a bug
+/// reported as an error, never a panic.
+fn required_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
+    batch.column_by_name(name).ok_or_else(|| sink_error(format!("the batch has no column {name}")))
+}
+
 /// Rows ordered by key: inserts land clustered, so later updates touch few files.
 pub fn sort_by_key(batch: &RecordBatch, key: &[String]) -> Result<RecordBatch> {
     let columns: Vec<SortColumn> = key
         .iter()
-        .map(|k| SortColumn { values: batch.column_by_name(k).expect("key column").clone(), options: None })
-        .collect();
+        .map(|k| Ok(SortColumn { values: required_column(batch, k)?.clone(), options: None }))
+        .collect::<Result<_>>()?;
     let indices = lexsort_to_indices(&columns, None).map_err(|e| sink_error(e.to_string()))?;
     take_record_batch(batch, &indices).map_err(|e| sink_error(e.to_string()))
 }
 
 /// The rows to store (not deletes), without the columns only the MERGE uses.
 pub fn without_deletes(batch: &RecordBatch) -> Result<RecordBatch> {
-    let ops = batch.column_by_name(OP_COLUMN).expect("metadata column").as_string::<i32>();
+    let ops = required_column(batch, OP_COLUMN)?.as_string::<i32>();
     let keep: BooleanArray = ops.iter().map(|op| Some(op != Some("d"))).collect();
     let kept = filter_record_batch(batch, &keep).map_err(|e| sink_error(e.to_string()))?;
     stored_columns(&kept)

@@ -41,10 +41,10 @@ pub(super) async fn tables_written(table: &DeltaTable) -> Result<BTreeSet<String
 
 /// The history table, opened on first use.
 pub(super) async fn state<'a>(config: &DeltaConfig, slot: &'a mut Option<TableState>) -> Result<&'a mut TableState> {
-    if slot.is_none() {
-        *slot = Some(open_state(config, TABLE).await?);
+    match slot {
+        Some(state) => Ok(state),
+        None => Ok(slot.insert(open_state(config, TABLE).await?)),
     }
-    Ok(slot.as_mut().expect("opened above"))
 }
 
 /// Appends the batch's events the history table does not hold yet, with the

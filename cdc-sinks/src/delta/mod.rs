@@ -173,11 +173,10 @@ impl DeltaSink {
     }
 
     async fn state(&mut self, name: &str) -> Result<&mut TableState> {
-        if !self.tables.contains_key(name) {
-            let state = open_state(&self.config, name).await?;
-            self.tables.insert(name.to_owned(), state);
+        match self.tables.entry(name.to_owned()) {
+            std::collections::hash_map::Entry::Occupied(entry) => Ok(entry.into_mut()),
+            std::collections::hash_map::Entry::Vacant(entry) => Ok(entry.insert(open_state(&self.config, name).await?)),
         }
-        Ok(self.tables.get_mut(name).expect("inserted above"))
     }
 
     async fn apply_table(&mut self, name: &str, events: &[&ChangeEvent], batch: &Batch) -> Result<()> {
@@ -185,7 +184,16 @@ impl DeltaSink {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let state = self.state(name).await?;
+            // Opens the table first (a separate borrow from the stats).
+            self.state(name).await?;
+            let (tables, stats) = (&mut self.tables, &mut self.stats);
+            let Some(state) = tables.get_mut(name) else {
+                return Err(Error::Sink {
+                    sink: NAME.into(),
+                    message: format!("table {name} not open"),
+                    retriable: true,
+                });
+            };
             // The batch's rule (skip what the table holds, unless reapplying),
             // for this table's share of its events.
             let pending: Vec<&ChangeEvent> =
@@ -193,8 +201,6 @@ impl DeltaSink {
             if pending.is_empty() {
                 return Ok(());
             }
-            let stats = &mut self.stats;
-            let state = self.tables.get_mut(name).expect("opened above");
             match apply_events(&config, name, state, &pending, &batch.offsets, stats).await {
                 Ok(()) => return Ok(()),
                 Err(error) if error.is_retriable() && attempt < config.max_attempts => {
@@ -373,7 +379,7 @@ async fn apply_rows(
     properties: CommitProperties,
     stats: &mut ApplyStats,
 ) -> Result<DeltaTable> {
-    let newest = rows.iter().map(|r| r.event).max_by_key(|e| e.order).expect("non-empty run");
+    let Some(newest) = rows.iter().map(|r| r.event).max_by_key(|e| e.order) else { return Ok(table) };
     let images: Vec<(&ChangeEvent, Option<&[Value]>)> =
         rows.iter().map(|r| (r.event, r.after.as_deref().map(Vec::as_slice).or(r.event.before.as_deref()))).collect();
     let batch = cdc_core::arrow::rows_to_record_batch(name, &newest.schema, &images)?;

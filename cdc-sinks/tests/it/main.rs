@@ -5,4 +5,5 @@
 mod delta;
 mod pg_datalake;
 mod pg_target;
+mod schemas;
 mod support;
