@@ -413,7 +413,13 @@ impl KafkaSource {
                 pipeline.abandon(&revoked);
             }
             if !assigned.is_empty() {
-                self.catch_up(pipeline, assigned).await?;
+                // Reading the sinks' offsets waits out an outage: bounded by shutdown too.
+                let catch_up = self.catch_up(pipeline, assigned);
+                match self.until_shutdown(catch_up, &mut shutdown).await? {
+                    Flushed::Done => {}
+                    Flushed::Stopping => break,
+                    Flushed::Abandoned => return self.abandoned(reader, pipeline).await,
+                }
             }
             match message {
                 Ok(Some((message, generation))) => {
@@ -445,7 +451,8 @@ impl KafkaSource {
                 break;
             }
             if pipeline.pending() > 0 && pipeline.due() {
-                match self.flush_or_stop(pipeline, &mut shutdown).await? {
+                let flush = self.flush(pipeline);
+                match self.until_shutdown(flush, &mut shutdown).await? {
                     Flushed::Done => {}
                     Flushed::Stopping => break,
                     Flushed::Abandoned => return self.abandoned(reader, pipeline).await,
@@ -472,28 +479,31 @@ impl KafkaSource {
         Ok(summary(pipeline))
     }
 
-    /// Flushes, and if shutdown is asked for meanwhile, lets the flush go on
-    /// for at most `shutdown_timeout_secs` (a batch retrying through an
-    /// outage would otherwise hold the process for ever). An abandoned flush
-    /// commits nothing: sinks are atomic per batch, so the next run starts
-    /// from what they hold.
-    async fn flush_or_stop<F: std::future::Future>(
+    /// Runs work that talks to the sinks (a flush, reading their offsets),
+    /// and if shutdown is asked for meanwhile, lets it go on for at most
+    /// `shutdown_timeout_secs`: work retrying through an outage would
+    /// otherwise hold the process for ever. Abandoned work commits nothing:
+    /// sinks are atomic per batch, so the next run starts from what they hold.
+    async fn until_shutdown<W, S>(
         &self,
-        pipeline: &mut Pipeline,
-        shutdown: &mut std::pin::Pin<&mut futures::future::Fuse<F>>,
-    ) -> Result<Flushed> {
-        let flush = self.flush(pipeline);
-        tokio::pin!(flush);
+        work: W,
+        shutdown: &mut std::pin::Pin<&mut futures::future::Fuse<S>>,
+    ) -> Result<Flushed>
+    where
+        W: std::future::Future<Output = Result<()>>,
+        S: std::future::Future,
+    {
+        tokio::pin!(work);
         tokio::select! {
-            result = &mut flush => return result.map(|()| Flushed::Done),
+            result = &mut work => return result.map(|()| Flushed::Done),
             _ = shutdown.as_mut() => {}
         }
         let limit = Duration::from_secs(self.config.shutdown_timeout_secs);
-        tracing::info!(?limit, "shutdown asked for during a batch; giving it time to finish");
-        match tokio::time::timeout(limit, &mut flush).await {
+        tracing::info!(?limit, "shutdown asked for while the sinks work; giving them time to finish");
+        match tokio::time::timeout(limit, &mut work).await {
             Ok(result) => result.map(|()| Flushed::Stopping),
             Err(_) => {
-                tracing::warn!(?limit, "shutdown: the batch did not finish in time; abandoned, nothing committed");
+                tracing::warn!(?limit, "shutdown: the sinks did not finish in time; abandoned, nothing committed");
                 Ok(Flushed::Abandoned)
             }
         }
@@ -633,7 +643,7 @@ impl KafkaSource {
     }
 }
 
-/// How a flush that raced a shutdown ended.
+/// How sink work that raced a shutdown ended.
 enum Flushed {
     Done,
     /// Finished after shutdown was asked for: stop now.

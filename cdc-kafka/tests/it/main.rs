@@ -313,3 +313,43 @@ async fn sinks_ahead_of_a_recreated_topic_stop_the_consumer() {
     assert!(message.contains("cdc.public.customers[0]") && message.contains("5000"), "{message}");
     assert!(sink.state.lock().unwrap().1.iter().all(|p| &*p.topic != "cdc.public.customers"), "nothing of it applied");
 }
+
+/// A sink that answers at start-up, then goes down for good.
+#[derive(Default)]
+struct DownAfterStart(std::sync::atomic::AtomicU32);
+
+#[async_trait]
+impl Sink for DownAfterStart {
+    fn name(&self) -> &str {
+        "down-after-start"
+    }
+    async fn durable_offsets(&mut self) -> Result<Offsets> {
+        match self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            0 => Ok(Offsets::new()),
+            _ => Err(cdc_core::Error::Unavailable { sink: "down".into(), message: "connection refused".into() }),
+        }
+    }
+    async fn apply(&mut self, _: &Batch) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// SIGTERM while the consumer waits out an outage reading the sinks' offsets
+/// after an assignment (found by the chaos suite): bounded like a flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_while_reading_offsets_in_an_outage_is_bounded() {
+    let records = fixture_records();
+    let (_cluster, brokers, publisher) = kafka_with_topics(&records);
+    publisher.send_all(&records[..20]).await.unwrap();
+    let mut config = KafkaConfig::new(&brokers, "cdc-test-outage-offsets");
+    config.shutdown_timeout_secs = 2;
+    let retry = cdc_core::pipeline::RetryPolicy { initial_backoff_ms: 50, max_backoff_ms: 200, ..Default::default() };
+    let letters = Box::new(cdc_core::pipeline::MemoryDeadLetters::default());
+    let mut pipeline =
+        Pipeline::new(Decoder::new(), vec![Box::new(DownAfterStart::default())], letters).with_retry(retry);
+    let source = KafkaSource::new(&config, &mut pipeline).await.unwrap();
+    let started = std::time::Instant::now();
+    let run = source.run_until(&mut pipeline, tokio::time::sleep(Duration::from_secs(8)), None);
+    tokio::time::timeout(Duration::from_secs(40), run).await.expect("stopped in time").unwrap();
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+}

@@ -35,6 +35,8 @@ const OFFSETS_METADATA: &str = "cdc.offsets";
 /// How many commits back a restart looks for the offsets metadata (past
 /// maintenance commits).
 const OFFSETS_LOOKBACK: usize = 1000;
+/// Truncate commit metadata: the truncate's order key (hex).
+const TRUNCATED_METADATA: &str = "cdc.truncated_below";
 
 /// Where and how the Delta tables are written.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -151,6 +153,9 @@ pub struct ApplyStats {
 struct TableState {
     table: DeltaTable,
     held: Offsets,
+    /// The order key (hex) of the newest truncate applied: rows older than
+    /// it that arrive later (from another partition) stay out.
+    truncated_below: Option<String>,
 }
 
 impl DeltaSink {
@@ -225,18 +230,21 @@ async fn open_state(config: &DeltaConfig, name: &str) -> Result<TableState> {
     let table = DeltaTable::try_from_url_with_storage_options(url, config.storage_options.clone())
         .await
         .map_err(|e| delta_error(&e))?;
-    let held = read_offsets(config, &table).await?;
-    Ok(TableState { table, held })
+    let (held, truncated_below) = read_log_state(config, &table).await?;
+    Ok(TableState { table, held, truncated_below })
 }
 
-/// The offsets a table holds: the app ids listed in its newest commit's
-/// metadata, read back from the `txn` actions.
-async fn read_offsets(config: &DeltaConfig, table: &DeltaTable) -> Result<Offsets> {
+/// What a table's log says of it: the offsets it holds (the app ids listed
+/// in its recent commits' metadata, read back from the `txn` actions), and
+/// the newest truncate's order key.
+async fn read_log_state(config: &DeltaConfig, table: &DeltaTable) -> Result<(Offsets, Option<String>)> {
     let mut offsets = Offsets::new();
     if table.version().is_none() {
-        return Ok(offsets);
+        return Ok((offsets, None));
     }
     let infos: Vec<_> = table.history(Some(OFFSETS_LOOKBACK)).try_collect().await.map_err(|e| delta_error(&e))?;
+    let truncated_below =
+        infos.iter().filter_map(|info| info.info.get(TRUNCATED_METADATA)?.as_str().map(str::to_owned)).max();
     // Concurrent writers (consumers of one group) each list what they know:
     // the union of recent lists names every partition.
     let mut listed = std::collections::BTreeSet::new();
@@ -258,7 +266,7 @@ async fn read_offsets(config: &DeltaConfig, table: &DeltaTable) -> Result<Offset
             offsets.set(Arc::from(topic), partition, version);
         }
     }
-    Ok(offsets)
+    Ok((offsets, truncated_below))
 }
 
 /// The one place offsets reach a Delta log. `txn` actions for the
@@ -335,17 +343,30 @@ async fn apply_events(
                 }
             }
         }
-        let (properties, cumulative) = offsets_commit(config, &state.held, &this_commit, None);
         let table = state.table.clone();
         let events = &events[segment];
-        let table = if events[0].op == Op::Truncate {
-            truncate(table, events[0], properties).await?
-        } else {
-            match cdc_core::collapse(events).pop() {
-                Some(TableChange::Rows(rows)) => apply_rows(config, name, table, &rows, properties, stats).await?,
-                _ => table,
+        let truncate_at = events.first().filter(|e| e.op == Op::Truncate).map(|e| e.order.to_hex());
+        let marker = truncate_at.as_ref().map(|hex| (TRUNCATED_METADATA, serde_json::json!(hex)));
+        let (properties, cumulative) = offsets_commit(config, &state.held, &this_commit, marker);
+        let table = match (events.first(), &truncate_at) {
+            (Some(event), Some(_)) => truncate(table, event, properties).await?,
+            _ => {
+                // Rows older than an applied truncate stay out (they arrive
+                // late from another partition).
+                let live: Vec<&ChangeEvent> = events
+                    .iter()
+                    .copied()
+                    .filter(|e| state.truncated_below.as_ref().is_none_or(|below| e.order.to_hex() > *below))
+                    .collect();
+                match cdc_core::collapse(&live).pop() {
+                    Some(TableChange::Rows(rows)) => apply_rows(config, name, table, &rows, properties, stats).await?,
+                    _ => table,
+                }
             }
         };
+        if truncate_at > state.truncated_below {
+            state.truncated_below = truncate_at;
+        }
         state.table = table;
         state.held = cumulative;
         stats.commits += 1;

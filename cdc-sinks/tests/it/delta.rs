@@ -541,3 +541,39 @@ async fn non_integer_keys_update_and_delete_their_rows() {
     let rows = scalar_text(&config, "SELECT string_agg(CAST(id AS VARCHAR) || '=' || v, ',' ORDER BY id) FROM t").await;
     assert_eq!(rows, "7.25=a2");
 }
+
+/// A truncate removes what is older than it, not what arrived before it: a
+/// row written after the truncate (consumed first, from another partition)
+/// stays, and an older row consumed after it stays out, also after a restart.
+#[tokio::test]
+async fn truncate_applies_by_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir);
+    let records = fixture_records("schemas");
+    let events = changes(&records);
+    let truncate = events.iter().find(|e| e.op == Op::Truncate).expect("a truncate");
+    let same_table = |e: &&&ChangeEvent| e.source.table == truncate.source.table && e.key.is_some();
+    let after = events.iter().filter(same_table).find(|e| e.order > truncate.order).expect("a row after it");
+    let before = events.iter().filter(same_table).find(|e| e.order < truncate.order && e.key != after.key).unwrap();
+    let one = |event: &ChangeEvent, partition: i32| Batch {
+        events: vec![moved(event, partition, 1)],
+        offsets: Offsets::new(),
+        reapply: false,
+    };
+    let mut sink = DeltaSink::new(config.clone());
+    sink.apply(&one(before, 6)).await.unwrap(); // an older row already there
+    sink.apply(&one(after, 7)).await.unwrap();
+    sink.apply(&one(truncate, 8)).await.unwrap();
+    let table = &truncate.source.table;
+    let ids = |rows: BTreeMap<i64, String>| rows.into_keys().collect::<Vec<_>>();
+    let key = |e: &ChangeEvent| match &e.key.as_ref().unwrap()[0] {
+        Value::Int(i) => *i,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(ids(delta_rows(&config, table, AsOf::Latest).await), vec![key(after)]);
+    // The older row again, late from another partition, after a restart.
+    let mut restarted = DeltaSink::new(config.clone());
+    restarted.durable_offsets().await.unwrap();
+    restarted.apply(&one(before, 9)).await.unwrap();
+    assert_eq!(ids(delta_rows(&config, table, AsOf::Latest).await), vec![key(after)]);
+}
