@@ -6,38 +6,17 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use cdc_core::{Batch, ChangeEvent, Error, Result};
-use deltalake::DeltaTable;
 use deltalake::arrow::array::{
     ArrayRef, Date32Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
-use futures::TryStreamExt;
 
-use super::{DeltaConfig, NAME, OFFSETS_LOOKBACK, TableState, delta_error, offsets_commit, open_state};
+use super::{DeltaConfig, NAME, TABLES_METADATA, TableState, delta_error, offsets_commit, open_state};
 
 /// The history table's name under the root.
 pub const TABLE: &str = "cdc_events";
-
-/// History commit metadata naming the tables the commit's events go to, so
-/// a restart finds every table even where the root cannot be listed.
-const TABLES_METADATA: &str = "cdc.tables";
-
-/// The tables named by the history's recent commits.
-pub(super) async fn tables_written(table: &DeltaTable) -> Result<BTreeSet<String>> {
-    let mut names = BTreeSet::new();
-    if table.version().is_none() {
-        return Ok(names);
-    }
-    let infos: Vec<_> = table.history(Some(OFFSETS_LOOKBACK)).try_collect().await.map_err(|e| delta_error(&e))?;
-    for value in infos.iter().filter_map(|info| info.info.get(TABLES_METADATA)) {
-        if let Ok(list) = serde_json::from_value::<Vec<String>>(value.clone()) {
-            names.extend(list);
-        }
-    }
-    Ok(names)
-}
 
 /// The history table, opened on first use.
 pub(super) async fn state<'a>(config: &DeltaConfig, slot: &'a mut Option<TableState>) -> Result<&'a mut TableState> {

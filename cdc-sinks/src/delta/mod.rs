@@ -37,6 +37,9 @@ const OFFSETS_METADATA: &str = "cdc.offsets";
 const OFFSETS_LOOKBACK: usize = 1000;
 /// Truncate commit metadata: the truncate's order key (hex).
 const TRUNCATED_METADATA: &str = "cdc.truncated_below";
+/// History commit metadata naming the tables the commit's events go to, so
+/// a restart finds every table even where the root cannot be listed.
+const TABLES_METADATA: &str = "cdc.tables";
 
 /// Where and how the Delta tables are written.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -156,6 +159,9 @@ struct TableState {
     /// The order key (hex) of the newest truncate applied: rows older than
     /// it that arrive later (from another partition) stay out.
     truncated_below: Option<String>,
+    /// Tables the recent commits name (`cdc.tables`; the history's commits
+    /// write it), read with the offsets from the same log history.
+    tables_named: BTreeSet<String>,
 }
 
 impl DeltaSink {
@@ -230,21 +236,29 @@ async fn open_state(config: &DeltaConfig, name: &str) -> Result<TableState> {
     let table = DeltaTable::try_from_url_with_storage_options(url, config.storage_options.clone())
         .await
         .map_err(|e| delta_error(&e))?;
-    let (held, truncated_below) = read_log_state(config, &table).await?;
-    Ok(TableState { table, held, truncated_below })
+    let (held, truncated_below, tables_named) = read_log_state(config, &table).await?;
+    Ok(TableState { table, held, truncated_below, tables_named })
 }
 
 /// What a table's log says of it: the offsets it holds (the app ids listed
 /// in its recent commits' metadata, read back from the `txn` actions), and
-/// the newest truncate's order key.
-async fn read_log_state(config: &DeltaConfig, table: &DeltaTable) -> Result<(Offsets, Option<String>)> {
+/// the newest truncate's order key, and the tables its commits name.
+async fn read_log_state(
+    config: &DeltaConfig,
+    table: &DeltaTable,
+) -> Result<(Offsets, Option<String>, BTreeSet<String>)> {
     let mut offsets = Offsets::new();
     if table.version().is_none() {
-        return Ok((offsets, None));
+        return Ok((offsets, None, BTreeSet::new()));
     }
     let infos: Vec<_> = table.history(Some(OFFSETS_LOOKBACK)).try_collect().await.map_err(|e| delta_error(&e))?;
     let truncated_below =
         infos.iter().filter_map(|info| info.info.get(TRUNCATED_METADATA)?.as_str().map(str::to_owned)).max();
+    let tables_named = infos
+        .iter()
+        .filter_map(|info| serde_json::from_value::<Vec<String>>(info.info.get(TABLES_METADATA)?.clone()).ok())
+        .flatten()
+        .collect();
     // Concurrent writers (consumers of one group) each list what they know:
     // the union of recent lists names every partition.
     let mut listed = std::collections::BTreeSet::new();
@@ -266,7 +280,7 @@ async fn read_log_state(config: &DeltaConfig, table: &DeltaTable) -> Result<(Off
             offsets.set(Arc::from(topic), partition, version);
         }
     }
-    Ok((offsets, truncated_below))
+    Ok((offsets, truncated_below, tables_named))
 }
 
 /// The one place offsets reach a Delta log. `txn` actions for the
@@ -345,12 +359,13 @@ async fn apply_events(
         }
         let table = state.table.clone();
         let events = &events[segment];
-        let truncate_at = events.first().filter(|e| e.op == Op::Truncate).map(|e| e.order.to_hex());
+        let truncating = events.first().copied().filter(|e| e.op == Op::Truncate);
+        let truncate_at = truncating.map(|e| e.order.to_hex());
         let marker = truncate_at.as_ref().map(|hex| (TRUNCATED_METADATA, serde_json::json!(hex)));
         let (properties, cumulative) = offsets_commit(config, &state.held, &this_commit, marker);
-        let table = match (events.first(), &truncate_at) {
-            (Some(event), Some(_)) => truncate(table, event, properties).await?,
-            _ => {
+        let table = match truncating {
+            Some(event) => truncate(table, event, properties).await?,
+            None => {
                 // Rows older than an applied truncate stay out (they arrive
                 // late from another partition).
                 let live: Vec<&ChangeEvent> = events
@@ -557,7 +572,7 @@ impl Sink for DeltaSink {
         self.history = None;
         let history_held = if self.config.history {
             let history = history::state(&self.config, &mut self.history).await?;
-            names.extend(history::tables_written(&history.table).await?);
+            names.extend(history.tables_named.iter().cloned());
             Some(history.held.clone())
         } else {
             None
