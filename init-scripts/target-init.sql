@@ -10,6 +10,7 @@ CREATE TABLE IF NOT EXISTS cdc_meta.offsets (
     kafka_partition integer NOT NULL,
     kafka_offset    bigint  NOT NULL,
     updated_at      timestamp with time zone NOT NULL DEFAULT now(),
+    kafka_cluster   text,   -- the Kafka cluster id the offset is an offset in
     PRIMARY KEY (consumer, topic, kafka_partition)
 );
 

@@ -3,6 +3,7 @@
 //! consumer, the replay tool and the tests drive this same code.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -166,6 +167,9 @@ pub struct Pipeline {
     retry: RetryPolicy,
     on_error: OnError,
     reapply: bool,
+    /// The Kafka cluster the records come from, stored with every batch's
+    /// offsets and checked against what the sinks hold.
+    cluster: Option<Arc<str>>,
     pending: Vec<Record>,
     /// Raw bytes of pending change events, by position, for dead letters.
     pending_raw: BTreeMap<Position, RawBytes>,
@@ -184,6 +188,7 @@ impl Pipeline {
             retry: RetryPolicy::default(),
             on_error: OnError::default(),
             reapply: false,
+            cluster: None,
             pending: Vec::new(),
             pending_raw: BTreeMap::new(),
             pending_bytes: 0,
@@ -214,6 +219,18 @@ impl Pipeline {
         self
     }
 
+    /// Names the Kafka cluster (its id) the records come from: stored with the
+    /// sinks' offsets, and [`resume_offsets`](Self::resume_offsets) refuses
+    /// offsets a sink stored for another cluster.
+    pub fn set_cluster(&mut self, cluster: &str) {
+        self.cluster = Some(Arc::from(cluster));
+    }
+
+    /// The Kafka cluster the records come from, once known.
+    pub fn cluster(&self) -> Option<&str> {
+        self.cluster.as_deref()
+    }
+
     /// Whether records the sinks hold are applied again ([`with_reapply`](Self::with_reapply)).
     pub fn reapplies(&self) -> bool {
         self.reapply
@@ -229,11 +246,14 @@ impl Pipeline {
 
     /// Where to resume: per partition, the lowest offset every sink holds.
     /// A partition some sink holds nothing of is absent (start from the
-    /// beginning, or the group's committed offset, for it).
+    /// beginning, or the group's committed offset, for it). Fails when a
+    /// sink's offsets are positions in another Kafka cluster.
     pub async fn resume_offsets(&mut self) -> Result<Offsets> {
         let mut per_sink = Vec::new();
         for i in 0..self.sinks.len() {
-            per_sink.push(self.durable_offsets_with_backoff(i).await?);
+            let offsets = self.durable_offsets_with_backoff(i).await?;
+            self.check_same_cluster(i, &offsets)?;
+            per_sink.push(offsets);
         }
         let Some((first, rest)) = per_sink.split_first() else { return Ok(Offsets::new()) };
         let mut resume = Offsets::new();
@@ -244,6 +264,31 @@ impl Pipeline {
             }
         }
         Ok(resume)
+    }
+
+    /// Offsets stored for another Kafka cluster (a new docker-compose stack,
+    /// a `./deltalake` reused against a real cluster) are positions in other
+    /// topics: resuming from them would silently skip records. This is the
+    /// one place that compares clusters.
+    fn check_same_cluster(&self, i: usize, held: &Offsets) -> Result<()> {
+        let (Some(stored), Some(current)) = (&held.cluster, &self.cluster) else { return Ok(()) };
+        if stored == current {
+            return Ok(());
+        }
+        let partitions: Vec<String> = held.iter().take(5).map(|(t, p, o)| format!("{t}[{p}]@{o}")).collect();
+        let more = held.iter().count().saturating_sub(partitions.len());
+        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+        Err(Error::Sink {
+            sink: self.sinks[i].name().to_owned(),
+            message: format!(
+                "holds offsets of Kafka cluster `{stored}` ({}{more}), but the records come from cluster \
+                 `{current}`: resuming would skip records of the new cluster up to those offsets. To start \
+                 over against this cluster, use a new consumer name (delta.consumer, target.consumer, \
+                 datalake.consumer) or fresh sink locations",
+                partitions.join(", ")
+            ),
+            retriable: false,
+        })
     }
 
     /// Reads a sink's offsets, waiting out an outage as the retry policy says
@@ -351,6 +396,7 @@ impl Pipeline {
         }
         let mut batch = Batch::from_records(records);
         batch.reapply = self.reapply;
+        batch.offsets.cluster.clone_from(&self.cluster);
         for i in 0..self.sinks.len() {
             self.apply_isolating(i, &batch, &raw).await?;
         }
@@ -410,7 +456,7 @@ impl Pipeline {
                 Err(events) if events.len() <= 1 => return Err(error), // nothing left to blame
                 Err(events) => {
                     let mid = events.len() / 2;
-                    let mut first_offsets = Offsets::new();
+                    let mut first_offsets = part.offsets.empty_like();
                     for event in &events[..mid] {
                         first_offsets.advance(&event.position);
                     }

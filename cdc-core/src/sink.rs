@@ -8,17 +8,29 @@ use async_trait::async_trait;
 use crate::error::{Position, Result};
 use crate::event::{ChangeEvent, Record};
 
-/// The last offset applied per (topic, partition).
+/// The last offset applied per (topic, partition), and the Kafka cluster
+/// those offsets are positions in.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Offsets(BTreeMap<(Arc<str>, i32), i64>);
+pub struct Offsets {
+    by_partition: BTreeMap<(Arc<str>, i32), i64>,
+    /// The id of the Kafka cluster the offsets were read from: offsets of
+    /// another cluster (a new docker-compose stack, say) mean nothing here.
+    /// `None` when unknown (a file replay, or stored before ids were kept).
+    pub cluster: Option<Arc<str>>,
+}
 
 impl Offsets {
     pub fn new() -> Offsets {
         Offsets::default()
     }
 
+    /// No offsets yet, in the same cluster as `self` (for a part of a batch).
+    pub fn empty_like(&self) -> Offsets {
+        Offsets { cluster: self.cluster.clone(), ..Offsets::new() }
+    }
+
     pub fn get(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.0.iter().find(|((t, p), _)| &**t == topic && *p == partition).map(|(_, &o)| o)
+        self.by_partition.iter().find(|((t, p), _)| &**t == topic && *p == partition).map(|(_, &o)| o)
     }
 
     /// Records that `position` is applied (offsets only move forward).
@@ -28,7 +40,7 @@ impl Offsets {
 
     /// Sets the offset of a partition if it is beyond the current one.
     pub fn set(&mut self, topic: Arc<str>, partition: i32, offset: i64) {
-        let entry = self.0.entry((topic, partition)).or_insert(offset);
+        let entry = self.by_partition.entry((topic, partition)).or_insert(offset);
         *entry = (*entry).max(offset);
     }
 
@@ -37,19 +49,23 @@ impl Offsets {
         self.get(&position.topic, position.partition).is_some_and(|o| position.offset <= o)
     }
 
-    /// Takes every partition's offset from `other` where it is further.
+    /// Takes every partition's offset from `other` where it is further, and
+    /// `other`'s cluster when it names one.
     pub fn merge(&mut self, other: &Offsets) {
-        for ((topic, partition), &offset) in &other.0 {
+        for ((topic, partition), &offset) in &other.by_partition {
             self.set(topic.clone(), *partition, offset);
+        }
+        if other.cluster.is_some() {
+            self.cluster.clone_from(&other.cluster);
         }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, i32, i64)> {
-        self.0.iter().map(|((t, p), &o)| (&**t, *p, o))
+        self.by_partition.iter().map(|((t, p), &o)| (&**t, *p, o))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.by_partition.is_empty()
     }
 }
 
@@ -113,7 +129,8 @@ impl Batch {
 ///   transaction). When it returns `Err`, nothing of the batch may be visible
 ///   as applied.
 /// - **Resume.** [`durable_offsets`](Sink::durable_offsets) reads back the last
-///   offsets a sink holds; the pipeline resumes each partition right after the
+///   offsets a sink holds, with the [`Offsets::cluster`] the last batch
+///   named (stored with them); the pipeline resumes each partition right after the
 ///   lowest offset any sink holds.
 /// - **Duplicates.** Because sinks resume from different points, a sink will
 ///   be given records it already holds: it must skip events at or below its

@@ -519,6 +519,17 @@ impl KafkaSource {
     /// owner (the sinks are shared): re-read what the sinks hold now and skip
     /// ahead, rather than have the sinks skip a stretch already applied.
     async fn catch_up(&self, pipeline: &mut Pipeline, assigned: Vec<(String, i32)>) -> Result<()> {
+        if pipeline.cluster().is_none() {
+            // Asked here, not at start-up: with partitions assigned the
+            // broker is reachable, and nothing was applied yet.
+            let consumer = self.consumer.clone();
+            match tokio::task::spawn_blocking(move || consumer.client().fetch_cluster_id(Duration::from_secs(10))).await
+            {
+                Ok(Some(cluster)) => pipeline.set_cluster(&cluster),
+                _ => tracing::warn!("the Kafka cluster id is unknown; offsets are stored without it"),
+            }
+        }
+        // Fails if a sink's offsets belong to another Kafka cluster.
         let held = pipeline.resume_offsets().await?;
         self.check_not_reset(&held, &assigned).await?;
         let mut seeks = Vec::new();

@@ -844,13 +844,14 @@ async fn existing_columns(
 }
 
 /// The offsets table (the last applied offset per consumer, topic and
-/// partition) and the tombstones of deleted keys (per table and key, the
+/// partition, and the Kafka cluster it is an offset in) and the tombstones of deleted keys (per table and key, the
 /// order key of the newest delete; `row_key = ''` marks a truncate).
 pub(crate) const OFFSETS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS cdc_meta; \
     CREATE TABLE IF NOT EXISTS cdc_meta.offsets (\
         consumer text NOT NULL, topic text NOT NULL, kafka_partition integer NOT NULL, \
         kafka_offset bigint NOT NULL, updated_at timestamp with time zone NOT NULL DEFAULT now(), \
         PRIMARY KEY (consumer, topic, kafka_partition)); \
+    ALTER TABLE cdc_meta.offsets ADD COLUMN IF NOT EXISTS kafka_cluster text; \
     CREATE TABLE IF NOT EXISTS cdc_meta.deleted_keys (\
         table_name text NOT NULL, row_key text NOT NULL, order_key text COLLATE \"C\" NOT NULL, \
         PRIMARY KEY (table_name, row_key))";
@@ -858,20 +859,28 @@ pub(crate) const OFFSETS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS cdc_meta; \
 /// Where deleted keys are remembered.
 const DELETED_KEYS: &str = "cdc_meta.deleted_keys";
 
+/// This consumer's offsets; the cluster is the one the latest write named.
+const SELECT_OFFSETS: &str = "SELECT topic, kafka_partition, kafka_offset, kafka_cluster FROM cdc_meta.offsets \
+     WHERE consumer = $1 ORDER BY updated_at";
+
+fn offsets_from_rows(rows: &[tokio_postgres::Row]) -> Offsets {
+    let mut offsets = Offsets::new();
+    for row in rows {
+        let topic: String = row.get(0);
+        offsets.set(Arc::from(topic), row.get(1), row.get(2));
+        if let Some(cluster) = row.get::<_, Option<String>>(3) {
+            offsets.cluster = Some(cluster.into());
+        }
+    }
+    offsets
+}
+
 pub(crate) async fn read_offsets(
     client: &Client,
     consumer: &str,
 ) -> std::result::Result<Offsets, tokio_postgres::Error> {
     client.batch_execute(OFFSETS_DDL).await?;
-    let rows = client
-        .query("SELECT topic, kafka_partition, kafka_offset FROM cdc_meta.offsets WHERE consumer = $1", &[&consumer])
-        .await?;
-    let mut offsets = Offsets::new();
-    for row in rows {
-        let topic: String = row.get(0);
-        offsets.set(Arc::from(topic), row.get(1), row.get(2));
-    }
-    Ok(offsets)
+    Ok(offsets_from_rows(&client.query(SELECT_OFFSETS, &[&consumer]).await?))
 }
 
 /// The offset protocol of the PostgreSQL sinks, in one place. Inside the
@@ -891,18 +900,7 @@ impl StoredOffsets {
         tx.execute("SELECT pg_advisory_xact_lock(hashtextextended('cdc_meta.offsets:' || $1, 0))", &[&consumer])
             .await
             .map_err(fail)?;
-        let rows = tx
-            .query(
-                "SELECT topic, kafka_partition, kafka_offset FROM cdc_meta.offsets WHERE consumer = $1",
-                &[&consumer],
-            )
-            .await
-            .map_err(fail)?;
-        let mut held = Offsets::new();
-        for row in rows {
-            let topic: String = row.get(0);
-            held.set(Arc::from(topic), row.get(1), row.get(2));
-        }
+        let held = offsets_from_rows(&tx.query(SELECT_OFFSETS, &[&consumer]).await.map_err(fail)?);
         Ok(StoredOffsets { consumer: consumer.to_owned(), held })
     }
 
@@ -915,7 +913,8 @@ impl StoredOffsets {
         tables
     }
 
-    /// Stores `offsets` where they are beyond what is stored (never backwards).
+    /// Stores `offsets` where they are beyond what is stored (never
+    /// backwards), with the cluster they are offsets in.
     pub async fn write(&self, tx: &Transaction<'_>, sink: &str, offsets: &Offsets) -> Result<()> {
         let (mut topics, mut partitions, mut positions) = (Vec::new(), Vec::new(), Vec::new());
         for (topic, partition, offset) in offsets.iter() {
@@ -927,11 +926,12 @@ impl StoredOffsets {
             positions.push(offset);
         }
         tx.execute(
-            "INSERT INTO cdc_meta.offsets (consumer, topic, kafka_partition, kafka_offset) \
-             SELECT $1, * FROM unnest($2::text[], $3::integer[], $4::bigint[]) \
+            "INSERT INTO cdc_meta.offsets (consumer, topic, kafka_partition, kafka_offset, kafka_cluster) \
+             SELECT $1, t.*, $5 FROM unnest($2::text[], $3::integer[], $4::bigint[]) AS t \
              ON CONFLICT (consumer, topic, kafka_partition) DO UPDATE \
-             SET kafka_offset = GREATEST(cdc_meta.offsets.kafka_offset, EXCLUDED.kafka_offset), updated_at = now()",
-            &[&self.consumer, &topics, &partitions, &positions],
+             SET kafka_offset = GREATEST(cdc_meta.offsets.kafka_offset, EXCLUDED.kafka_offset), \
+                 kafka_cluster = COALESCE(EXCLUDED.kafka_cluster, cdc_meta.offsets.kafka_cluster), updated_at = now()",
+            &[&self.consumer, &topics, &partitions, &positions, &offsets.cluster.as_deref()],
         )
         .await
         .map_err(|e| sink_error(sink, &e))?;

@@ -315,6 +315,39 @@ async fn sinks_ahead_of_a_recreated_topic_stop_the_consumer() {
     assert!(sink.state.lock().unwrap().1.iter().all(|p| &*p.topic != "cdc.public.customers"), "nothing of it applied");
 }
 
+/// The sinks were fed by one Kafka cluster; the consumer now reads another
+/// (a fresh docker-compose stack) whose partitions are already longer than
+/// the offsets held, so the end-of-partition check cannot tell: the cluster
+/// id stored with the offsets does, before anything is skipped or applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_of_another_kafka_cluster_stop_the_consumer() {
+    let records = fixture_records();
+    let sink = Recording::default();
+    {
+        let (_first, brokers, publisher) = kafka_with_topics(&records);
+        publisher.send_all(&records[..20]).await.unwrap();
+        assert_eq!(consume(&brokers, &sink, false).await, 20);
+    }
+    let stored = sink.state.lock().unwrap().0.offsets.cluster.clone().expect("the cluster id stored with the offsets");
+
+    let (_second, brokers, publisher) = kafka_with_topics(&records);
+    publisher.send_all(&records).await.unwrap();
+    let applied_before = sink.state.lock().unwrap().1.len();
+    let mut config = KafkaConfig::new(&brokers, "cdc-test");
+    config.progress_secs = 1;
+    let mut pipeline = Pipeline::new(
+        Decoder::new(),
+        vec![Box::new(sink.clone())],
+        Box::new(cdc_core::pipeline::MemoryDeadLetters::default()),
+    );
+    let source = KafkaSource::new(&config, &mut pipeline).await.unwrap();
+    let run = source.run_until(&mut pipeline, std::future::pending::<()>(), Some(Duration::from_secs(3)));
+    let error = tokio::time::timeout(Duration::from_secs(60), run).await.expect("stopped").unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains(&*stored) && message.contains("new consumer name"), "{message}");
+    assert_eq!(sink.state.lock().unwrap().1.len(), applied_before, "nothing of the new cluster applied");
+}
+
 /// A sink that answers at start-up, then goes down for good.
 #[derive(Default)]
 struct DownAfterStart(std::sync::atomic::AtomicU32);

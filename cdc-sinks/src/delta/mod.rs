@@ -37,6 +37,8 @@ const OFFSETS_METADATA: &str = "cdc.offsets";
 const OFFSETS_LOOKBACK: usize = 1000;
 /// Truncate commit metadata: the truncate's order key (hex).
 const TRUNCATED_METADATA: &str = "cdc.truncated_below";
+/// Commit metadata: the Kafka cluster id the commit's offsets are offsets in.
+const CLUSTER_METADATA: &str = "cdc.kafka_cluster";
 /// History commit metadata naming the tables the commit's events go to, so
 /// a restart finds every table even where the root cannot be listed.
 const TABLES_METADATA: &str = "cdc.tables";
@@ -241,7 +243,8 @@ async fn open_state(config: &DeltaConfig, name: &str) -> Result<TableState> {
 }
 
 /// What a table's log says of it: the offsets it holds (the app ids listed
-/// in its recent commits' metadata, read back from the `txn` actions), and
+/// in its recent commits' metadata, read back from the `txn` actions, and
+/// the Kafka cluster the newest commit naming one named), and
 /// the newest truncate's order key, and the tables its commits name.
 async fn read_log_state(
     config: &DeltaConfig,
@@ -261,6 +264,11 @@ async fn read_log_state(
         .collect();
     // Concurrent writers (consumers of one group) each list what they know:
     // the union of recent lists names every partition.
+    offsets.cluster = infos
+        .iter()
+        .filter_map(|info| Some((info.timestamp, info.info.get(CLUSTER_METADATA)?.as_str()?)))
+        .max_by_key(|(timestamp, _)| *timestamp)
+        .map(|(_, cluster)| Arc::from(cluster));
     let mut listed = std::collections::BTreeSet::new();
     for value in infos.iter().filter_map(|info| info.info.get(OFFSETS_METADATA)) {
         let list: Vec<(String, i32, i64)> = serde_json::from_value(value.clone()).map_err(|e| Error::Sink {
@@ -311,6 +319,9 @@ fn offsets_commit(
     cumulative.merge(this_commit);
     let listed: Vec<(String, i32, i64)> = cumulative.iter().map(|(t, p, o)| (t.to_owned(), p, o)).collect();
     let mut metadata = vec![(OFFSETS_METADATA.to_owned(), serde_json::json!(listed))];
+    if let Some(cluster) = &cumulative.cluster {
+        metadata.push((CLUSTER_METADATA.to_owned(), serde_json::json!(cluster)));
+    }
     metadata.extend(extra.map(|(key, value)| (key.to_owned(), value)));
     let properties = CommitProperties::default().with_application_transactions(txns).with_metadata(metadata);
     (properties, cumulative)
@@ -346,7 +357,7 @@ async fn apply_events(
         // This commit makes durable everything of the table up to the end of
         // the segment; the last one also the batch's trailing records
         // (tombstones) of the same partitions.
-        let mut this_commit = Offsets::new();
+        let mut this_commit = batch_offsets.empty_like();
         for event in &events[..segment.end] {
             this_commit.advance(&event.position);
         }
@@ -579,13 +590,16 @@ impl Sink for DeltaSink {
         };
         names.remove(history::TABLE);
         let mut lowest: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        let mut cluster = history_held.as_ref().and_then(|held| held.cluster.clone());
         for name in names {
             let state = self.state(&name).await?;
+            cluster = cluster.or_else(|| state.held.cluster.clone());
             for (topic, partition, offset) in state.held.iter() {
                 lowest.entry((topic.to_owned(), partition)).and_modify(|o| *o = (*o).min(offset)).or_insert(offset);
             }
         }
         let mut offsets = Offsets::new();
+        offsets.cluster = cluster;
         for ((topic, partition), offset) in lowest {
             let history = history_held.as_ref().map(|held| held.get(&topic, partition));
             match history {

@@ -577,3 +577,21 @@ async fn truncate_applies_by_order() {
     restarted.apply(&one(before, 9)).await.unwrap();
     assert_eq!(ids(delta_rows(&config, table, AsOf::Latest).await), vec![key(after)]);
 }
+
+/// The Kafka cluster a batch's offsets belong to is stored with them (the
+/// pipeline refuses offsets of another cluster); a batch that names none
+/// (a file replay) keeps the one stored.
+#[tokio::test]
+async fn the_kafka_cluster_is_stored_with_the_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir);
+    let mut all = batches(&customer_records(), 3);
+    all[0].offsets.cluster = Some("cluster-a".into());
+    let mut sink = DeltaSink::new(config.clone());
+    sink.apply(&all[0]).await.unwrap();
+    assert_eq!(held(&config).await.cluster.as_deref(), Some("cluster-a"));
+    sink.apply(&all[1]).await.unwrap();
+    let after = held(&config).await;
+    assert_eq!(after.cluster.as_deref(), Some("cluster-a"));
+    assert!(all[1].offsets.iter().all(|(t, p, o)| after.get(t, p) == Some(o)), "the second batch was applied");
+}

@@ -337,3 +337,20 @@ async fn a_value_the_client_cannot_serialise_is_bad_data() {
     assert!(!err.is_retriable(), "{err}");
     assert!(err.to_string().contains("cdc.public.t[0]@2"), "{err}");
 }
+
+/// The Kafka cluster a batch's offsets belong to is stored with them (the
+/// pipeline refuses offsets of another cluster); a batch that names none
+/// (a file replay) keeps the one stored.
+#[tokio::test]
+async fn the_kafka_cluster_is_stored_with_the_offsets() {
+    let url = fresh_database("sinks_target_cluster").await;
+    let mut all = batches(&fixture_records("schemas"), 25);
+    all[0].offsets.cluster = Some("cluster-a".into());
+    let mut target = sink(&url);
+    target.apply(&all[0]).await.unwrap();
+    assert_eq!(sink(&url).durable_offsets().await.unwrap().cluster.as_deref(), Some("cluster-a"));
+    target.apply(&all[1]).await.unwrap();
+    let after = sink(&url).durable_offsets().await.unwrap();
+    assert_eq!(after.cluster.as_deref(), Some("cluster-a"));
+    assert!(all[1].offsets.iter().all(|(t, p, o)| after.get(t, p) == Some(o)), "the second batch was applied");
+}
