@@ -323,11 +323,11 @@ async fn sinks_ahead_of_a_recreated_topic_stop_the_consumer() {
 async fn offsets_of_another_kafka_cluster_stop_the_consumer() {
     let records = fixture_records();
     let sink = Recording::default();
-    {
-        let (_first, brokers, publisher) = kafka_with_topics(&records);
-        publisher.send_all(&records[..20]).await.unwrap();
-        assert_eq!(consume(&brokers, &sink, false).await, 20);
-    }
+    // Kept alive: a mock cluster's id derives from its address, which the
+    // next one could reuse.
+    let (_first, brokers, publisher) = kafka_with_topics(&records);
+    publisher.send_all(&records[..20]).await.unwrap();
+    assert_eq!(consume(&brokers, &sink, false).await, 20);
     let stored = sink.state.lock().unwrap().0.offsets.cluster.clone().expect("the cluster id stored with the offsets");
 
     let (_second, brokers, publisher) = kafka_with_topics(&records);
