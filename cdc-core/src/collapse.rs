@@ -5,13 +5,13 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::event::{ChangeEvent, Op, Row};
+use crate::event::{ChangeEvent, Op, Row, supersedes};
 use crate::value::Value;
 
 /// What a sink applies for one table, in order.
 #[derive(Debug)]
 pub enum TableChange<'a> {
-    /// At most one change per key: the newest by [`OrderKey`](crate::OrderKey).
+    /// At most one change per key: the newest by [`supersedes`].
     Rows(Vec<RowChange<'a>>),
     /// Empty the table (everything before it in the batch is already applied).
     Truncate(&'a ChangeEvent),
@@ -71,8 +71,11 @@ pub fn collapse<'a>(events: &[&'a ChangeEvent]) -> Vec<TableChange<'a>> {
             }
             Some(&i) => {
                 let existing = std::mem::replace(&mut rows[i], change.clone());
-                let (older, newer) =
-                    if existing.event.order < change.event.order { (existing, change) } else { (change, existing) };
+                let (older, newer) = if supersedes(change.event.version(), existing.event.version()) {
+                    (existing, change)
+                } else {
+                    (change, existing)
+                };
                 rows[i] = fill_unavailable(newer, &older);
             }
         }
@@ -193,11 +196,24 @@ mod tests {
     }
 
     #[test]
-    fn an_older_event_later_in_the_batch_does_not_win() {
-        let events = events(&[("u", 1, Some("new"), 20), ("u", 1, Some("old"), 10)]);
+    fn an_older_event_of_another_partition_later_in_the_batch_does_not_win() {
+        let mut events = events(&[("u", 1, Some("new"), 20), ("u", 1, Some("old"), 10)]);
+        events[1].position.partition = 1;
         let refs: Vec<&ChangeEvent> = events.iter().collect();
         let changes = collapse(&refs);
         assert_eq!(rows(&changes, 0)[0].after.as_ref().unwrap()[1], Value::String("new".into()));
+    }
+
+    /// A transaction open when the snapshot began commits after it: its
+    /// change orders below the snapshot read (its LSN is older) but comes
+    /// later in the same partition, which is what decides.
+    #[test]
+    fn a_later_offset_of_the_same_partition_wins_over_a_higher_order_key() {
+        let events = events(&[("r", 1, Some("snapshot"), 20), ("u", 1, Some("committed later"), 10)]);
+        assert!(events[1].order < events[0].order);
+        let refs: Vec<&ChangeEvent> = events.iter().collect();
+        let changes = collapse(&refs);
+        assert_eq!(rows(&changes, 0)[0].after.as_ref().unwrap()[1], Value::String("committed later".into()));
     }
 
     #[test]

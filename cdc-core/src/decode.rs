@@ -460,8 +460,11 @@ fn order_key(source: &Source, offset: i64) -> std::result::Result<OrderKey, Stri
     let parse = |p: &Option<Cow<'_, str>>| -> std::result::Result<Option<u64>, String> {
         p.as_deref().map(|s| s.parse::<u64>().map_err(|e| format!("`{s}`: {e}"))).transpose()
     };
-    let commit_lsn = parse(&parts[0])?.unwrap_or(0);
     let lsn = parse(&parts[1])?.unwrap_or(lsn);
+    // See `OrderKey`: the previous commit and this change's LSN both bound
+    // this transaction's commit from below, and a snapshot read (no previous
+    // commit) orders at the snapshot's LSN.
+    let commit_lsn = parse(&parts[0])?.unwrap_or(0).max(lsn);
     Ok(OrderKey { commit_lsn, lsn, offset })
 }
 

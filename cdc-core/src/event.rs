@@ -126,6 +126,11 @@ impl ChangeEvent {
     pub fn tx_id(&self) -> Option<i64> {
         self.source.tx_id
     }
+
+    /// What [`supersedes`] compares: the order key and the Kafka position.
+    pub fn version(&self) -> (OrderKey, &Position) {
+        (self.order, &self.position)
+    }
 }
 
 /// A source table name.
@@ -216,11 +221,19 @@ pub enum TransactionStatus {
 ///
 /// PostgreSQL emits a transaction's changes when it commits, so a change's raw
 /// LSN can be lower than that of a change committed earlier by another
-/// transaction. Debezium's `source.sequence` is `[last_commit_lsn, lsn]`:
-/// ordering by it first follows commit order, then order within the
-/// transaction. Snapshot reads have no commit LSN and sort before streamed
-/// changes. Without `sequence`, the LSN stands in for both; the Kafka offset
-/// breaks remaining ties (all snapshot rows share one LSN).
+/// transaction. Debezium's `source.sequence` is `[last_commit_lsn, lsn]`,
+/// where `last_commit_lsn` is the commit LSN of the transaction streamed
+/// *before* this one (null until the connector saw a commit). `commit_lsn`
+/// here is `max(last_commit_lsn, lsn)`: both lie below the transaction's own
+/// commit and at or above the previous one's, so every key of a transaction
+/// sorts after every key of the transactions committed before it. Snapshot
+/// reads (`[null, lsn]`) thereby order at the snapshot's LSN: after every
+/// change the snapshot saw, so a re-snapshot (a new slot after a lost one)
+/// corrects rows. Without `sequence`, the LSN stands in for both; the Kafka
+/// offset breaks remaining ties (all snapshot rows share one LSN).
+///
+/// Order keys alone cannot order a transaction that was open when a snapshot
+/// began (its changes' LSNs lie before the snapshot's): see [`supersedes`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct OrderKey {
     pub commit_lsn: u64,
@@ -234,6 +247,61 @@ impl OrderKey {
     pub fn to_hex(self) -> String {
         format!("{:016x}{:016x}{:016x}", self.commit_lsn, self.lsn, self.offset as u64 ^ (1 << 63))
     }
+}
+
+/// Whether a change (`new`) may replace the stored state of its row, which
+/// the change `old` wrote: it is newer by order key, or it comes later in the
+/// same Kafka partition. Debezium emits one row's changes to one partition in
+/// commit order, so a later offset is newer even where order keys cannot tell
+/// (a transaction open when a snapshot began orders below the snapshot's
+/// reads); across partitions only order keys can. Every sink decides by this
+/// rule, here or as [`supersedes_sql`].
+pub fn supersedes(new: (OrderKey, &Position), old: (OrderKey, &Position)) -> bool {
+    let ((new_order, new_at), (old_order, old_at)) = (new, old);
+    new_order > old_order
+        || (new_at.topic == old_at.topic && new_at.partition == old_at.partition && new_at.offset > old_at.offset)
+}
+
+/// Where SQL finds a row version: the `_cdc_order`, `_cdc_topic`,
+/// `_cdc_partition` and `_cdc_offset` columns of a table alias, or other
+/// expressions holding the same.
+#[derive(Debug, Clone)]
+pub struct SqlVersion {
+    pub order: String,
+    pub topic: String,
+    pub partition: String,
+    pub offset: String,
+}
+
+impl SqlVersion {
+    /// The metadata columns of `alias` (`t`, `source`).
+    pub fn of(alias: &str) -> SqlVersion {
+        use crate::arrow::{OFFSET_COLUMN, ORDER_COLUMN, PARTITION_COLUMN, TOPIC_COLUMN};
+        SqlVersion {
+            order: format!("{alias}.{ORDER_COLUMN}"),
+            topic: format!("{alias}.{TOPIC_COLUMN}"),
+            partition: format!("{alias}.{PARTITION_COLUMN}"),
+            offset: format!("{alias}.{OFFSET_COLUMN}"),
+        }
+    }
+}
+
+/// [`supersedes`] as a SQL condition (PostgreSQL and DataFusion alike).
+/// Unknown positions (null: rows written before positions were kept)
+/// compare by order key only.
+pub fn supersedes_sql(new: &SqlVersion, old: &SqlVersion) -> String {
+    format!(
+        "({old_order} < {new_order} OR ({old_topic} = {new_topic} AND {old_partition} = {new_partition} \
+         AND {old_offset} < {new_offset}))",
+        old_order = old.order,
+        new_order = new.order,
+        old_topic = old.topic,
+        new_topic = new.topic,
+        old_partition = old.partition,
+        new_partition = new.partition,
+        old_offset = old.offset,
+        new_offset = new.offset,
+    )
 }
 
 impl fmt::Display for OrderKey {

@@ -51,8 +51,8 @@ pub use collapse::{RowChange, TableChange, collapse, key_bytes};
 pub use decode::{Decoder, RawRecord, UNAVAILABLE_PLACEHOLDER};
 pub use error::{Error, Position, Result};
 pub use event::{
-    ChangeEvent, Op, OrderKey, RawJson, Record, Row, Source, TableId, TransactionBlock, TransactionMarker,
-    TransactionStatus,
+    ChangeEvent, Op, OrderKey, RawJson, Record, Row, Source, SqlVersion, TableId, TransactionBlock, TransactionMarker,
+    TransactionStatus, supersedes, supersedes_sql,
 };
 pub use schema::{DataType, Field, SchemaRef, SourceColumn, TableSchema, TimeUnit};
 pub use sink::{Batch, Offsets, Sink};

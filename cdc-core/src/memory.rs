@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
-use crate::error::Result;
-use crate::event::{ChangeEvent, Op, OrderKey};
+use crate::error::{Position, Result};
+use crate::event::{ChangeEvent, Op, OrderKey, supersedes};
 use crate::sink::{Batch, Offsets, Sink};
 use crate::value::Value;
 
@@ -20,6 +20,8 @@ pub struct MemoryTable {
     /// Keyed by the debug text of the key values (values hold floats, which
     /// are not `Ord`).
     pub rows: BTreeMap<String, (OrderKey, Option<MemoryRow>)>,
+    /// Where each row's last change came from (for [`supersedes`]).
+    pub written_at: BTreeMap<String, Position>,
 }
 
 impl MemoryTable {
@@ -48,12 +50,14 @@ impl MemorySink {
         let table = self.tables.entry(event.table().to_string()).or_default();
         if event.op == Op::Truncate {
             table.rows.clear();
+            table.written_at.clear();
             return;
         }
         let Some(key) = &event.key else { return };
         let key = format!("{key:?}");
         let current = table.rows.get(&key);
-        if current.is_some_and(|(order, _)| *order >= event.order) {
+        let stored = current.map(|(order, _)| *order).zip(table.written_at.get(&key));
+        if stored.is_some_and(|old| !supersedes(event.version(), old)) {
             return; // never let an older event overwrite a newer one
         }
         let row = match (&event.op, &event.after) {
@@ -74,6 +78,7 @@ impl MemorySink {
                 Some(row)
             }
         };
+        table.written_at.insert(key.clone(), event.position.clone());
         table.rows.insert(key, (event.order, row));
     }
 }

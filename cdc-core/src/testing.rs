@@ -53,3 +53,53 @@ pub fn capture_sql() -> Vec<(&'static str, String)> {
         })
         .collect()
 }
+
+/// The snapshot's LSN in the fixture (every read carries `[null, "26761800"]`).
+const FIXTURE_SNAPSHOT_LSN: u64 = 26_761_800;
+
+/// Real customer snapshot reads, edited into the cases a naive order gets
+/// wrong, in the order a consumer reads them:
+/// 1. customer 1: its snapshot read, a streamed update, then the read of a
+///    re-snapshot (a new replication slot after a lost one, `[null, S2]`
+///    with S2 beyond every LSN so far) with another email, from another
+///    partition (the topics were recreated with more partitions, so only
+///    the order key can tell): the re-snapshot is the source's state.
+/// 2. customer 2, in one partition: its snapshot read, then the update of a
+///    transaction that was open when the snapshot began and committed after
+///    it (`[null, l]`, l below the snapshot's LSN): the update is the
+///    source's state, which only the later offset tells.
+///
+/// Returns the decoded records and the email each customer id must end with.
+pub fn snapshot_edges() -> (Vec<Record>, Vec<(i64, &'static str)>) {
+    let reads: Vec<FixtureRecord> = load("schemas")
+        .into_iter()
+        .filter(|r| r.topic == "cdc.public.customers" && r.value.as_deref().is_some_and(|v| v.contains("\"op\":\"r\"")))
+        .take(2)
+        .collect();
+    let [first, second] = <[FixtureRecord; 2]>::try_from(reads).expect("two customer snapshot reads");
+    let edit = |read: &FixtureRecord, (partition, offset), op: &str, sequence: [Option<u64>; 2], email: &str| {
+        let mut value: serde_json::Value =
+            serde_json::from_str(read.value.as_deref().expect("a value")).expect("JSON value");
+        let payload = &mut value["payload"];
+        payload["op"] = op.into();
+        payload["after"]["email"] = email.into();
+        let source = &mut payload["source"];
+        source["snapshot"] = if op == "r" { "true" } else { "false" }.into();
+        let text = |lsn: Option<u64>| lsn.map(|l| l.to_string());
+        source["sequence"] = serde_json::to_string(&[text(sequence[0]), text(sequence[1])]).expect("JSON").into();
+        source["lsn"] = sequence[1].into();
+        FixtureRecord { partition, offset, value: Some(value.to_string()), ..read.clone() }
+    };
+    let s = FIXTURE_SNAPSHOT_LSN;
+    let edited = [
+        edit(&first, (0, 0), "r", [None, Some(s)], "snapshot@example.com"),
+        edit(&second, (0, 1), "r", [None, Some(s)], "snapshot@example.com"),
+        edit(&first, (0, 2), "u", [Some(s + 40_000), Some(s + 40_100)], "streamed@example.com"),
+        // Open since before the snapshot: its change's LSN is below it.
+        edit(&second, (0, 3), "u", [None, Some(s - 800)], "in-flight@example.com"),
+        edit(&first, (1, 0), "r", [None, Some(s + 500_000)], "resnapshot@example.com"),
+    ];
+    let mut decoder = Decoder::new().keep_raw_json(true);
+    let records = edited.iter().map(|r| decoder.decode(r.raw()).expect("an edited fixture record")).collect();
+    (records, vec![(1, "resnapshot@example.com"), (2, "in-flight@example.com")])
+}

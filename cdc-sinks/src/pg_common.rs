@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use cdc_core::arrow::bit_string;
-use cdc_core::{Batch, ChangeEvent, DataType, Error, Field, Offsets, Result, TableChange, Value};
+use cdc_core::{
+    Batch, ChangeEvent, DataType, Error, Field, Offsets, Result, SqlVersion, TableChange, Value, supersedes_sql,
+};
 use futures::pin_mut;
 use serde::Deserialize;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -457,6 +459,11 @@ fn metadata_columns(mode: DeleteMode) -> Vec<(&'static str, &'static str)> {
         ("_cdc_lsn", "bigint"),
         ("_cdc_tx_id", "bigint"),
         ("_cdc_synced_at", "timestamp with time zone"),
+        // The Kafka position of the last change: a later offset of the same
+        // partition is newer whatever the order keys say (`supersedes`).
+        ("_cdc_topic", "text"),
+        ("_cdc_partition", "integer"),
+        ("_cdc_offset", "bigint"),
     ];
     if mode == DeleteMode::Soft {
         columns.push(("_cdc_deleted", "boolean NOT NULL DEFAULT false"));
@@ -552,6 +559,7 @@ impl StateTables {
             if existing.is_empty() {
                 self.create_table(tx, schema_name, table_name, &columns, &key).await?;
             } else {
+                self.add_missing_metadata(tx, schema_name, table_name, &existing).await?;
                 self.known.insert(id.clone(), KnownTable { columns: existing });
             }
         }
@@ -605,6 +613,24 @@ impl StateTables {
             .collect();
         self.known.insert(id, changed);
         Ok(typed)
+    }
+
+    /// Tables created by an older version lack newer metadata columns.
+    async fn add_missing_metadata(
+        &self,
+        tx: &Transaction<'_>,
+        schema_name: &str,
+        table_name: &str,
+        existing: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let table = format!("{}.{}", quote_ident(schema_name)?, quote_ident(table_name)?);
+        for (name, ty) in metadata_columns(self.delete_mode) {
+            if !existing.contains_key(name) {
+                let sql = format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {ty}");
+                tx.batch_execute(&sql).await.map_err(|e| sink_error(self.sink, &e))?;
+            }
+        }
+        Ok(())
     }
 
     async fn create_table(
@@ -667,6 +693,9 @@ impl StateTables {
             ("_cdc_source_ts", Type::TIMESTAMPTZ),
             ("_cdc_lsn", Type::INT8),
             ("_cdc_tx_id", Type::INT8),
+            ("_cdc_topic", Type::TEXT),
+            ("_cdc_partition", Type::INT4),
+            ("_cdc_offset", Type::INT8),
             ("_cdc_unavailable", Type::TEXT),
         ] {
             // The order key compares byte-wise, like the table's column.
@@ -711,12 +740,16 @@ impl StateTables {
             let op = event.op.code();
             let source_ts = event.source.ts_micros().map(Value::TimestampTz).unwrap_or(Value::Null);
             let mut params: Vec<&(dyn ToSql + Sync)> = cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-            let meta: [&(dyn ToSql + Sync); 6] = [
+            let topic: &str = &event.position.topic;
+            let meta: [&(dyn ToSql + Sync); 9] = [
                 &op,
                 &order,
                 &Cell { value: &source_ts, data_type: &DataType::TimestampTz, geometry_as_point: false },
                 &event.source.lsn,
                 &event.source.tx_id,
+                &topic,
+                &event.position.partition,
+                &event.position.offset,
                 &unavailable,
             ];
             params.extend(meta);
@@ -759,35 +792,52 @@ impl StateTables {
         };
         let sets: Vec<String> = (key_count..columns.len()).map(toast_aware).collect();
         let meta = "_cdc_op = s._cdc_op, _cdc_order = s._cdc_order, _cdc_source_ts = s._cdc_source_ts, \
-                    _cdc_lsn = s._cdc_lsn, _cdc_tx_id = s._cdc_tx_id, _cdc_synced_at = now()";
+                    _cdc_lsn = s._cdc_lsn, _cdc_tx_id = s._cdc_tx_id, _cdc_topic = s._cdc_topic, \
+                    _cdc_partition = s._cdc_partition, _cdc_offset = s._cdc_offset, _cdc_synced_at = now()";
         let undelete =
             if self.delete_mode == DeleteMode::Soft { ", _cdc_deleted = false, _cdc_deleted_at = NULL" } else { "" };
         let mut sets_sql = sets.join(", ");
         if !sets_sql.is_empty() {
             sets_sql.push_str(", ");
         }
-        let insert_columns =
-            format!("{}, _cdc_op, _cdc_order, _cdc_source_ts, _cdc_lsn, _cdc_tx_id, _cdc_synced_at", names.join(", "));
-        let insert_values =
-            format!("{}, s._cdc_op, s._cdc_order, s._cdc_source_ts, s._cdc_lsn, s._cdc_tx_id, now()", casts.join(", "));
+        let insert_columns = format!(
+            "{}, _cdc_op, _cdc_order, _cdc_source_ts, _cdc_lsn, _cdc_tx_id, _cdc_topic, _cdc_partition, \
+             _cdc_offset, _cdc_synced_at",
+            names.join(", ")
+        );
+        let insert_values = format!(
+            "{}, s._cdc_op, s._cdc_order, s._cdc_source_ts, s._cdc_lsn, s._cdc_tx_id, s._cdc_topic, \
+             s._cdc_partition, s._cdc_offset, now()",
+            casts.join(", ")
+        );
         // A batch touches few rows of a large table: probe the primary key
         // per staged row rather than hash the whole table (the planner
         // otherwise picks a sequential scan of the target for a few
         // thousand staged rows). Local to this transaction.
-        // Never let an older event overwrite a newer one: compare order keys.
-        // A key deleted (or a table truncated) by a newer event stays
-        // deleted: an older event of it arriving later, from another
-        // partition, finds the tombstone instead of an absent row.
+        // Never let an older event overwrite a newer one (`supersedes`).
+        // A key deleted by a newer event stays deleted: an older event of it
+        // arriving later, from another partition, finds the tombstone
+        // instead of an absent row. A truncate's marker (row key '') holds
+        // rows older by order key out (a truncate's transaction cannot
+        // overlap another writing the table, so order keys order it).
+        let newer = supersedes_sql(&SqlVersion::of("s"), &SqlVersion::of("t"));
         let table_literal = quote_literal(table);
         let row_key = format!("ROW({staged_key})::text");
+        let tombstone = SqlVersion { order: "d.order_key".into(), ..SqlVersion::of("d") };
         let not_buried = format!(
             "NOT EXISTS (SELECT 1 FROM {DELETED_KEYS} d WHERE d.table_name = {table_literal} \
-             AND d.row_key IN ({row_key}, '') AND d.order_key >= s._cdc_order)"
+             AND ((d.row_key = {row_key} AND NOT {newer_than_tombstone}) \
+                  OR (d.row_key = '' AND d.order_key >= s._cdc_order)))",
+            newer_than_tombstone = supersedes_sql(&SqlVersion::of("s"), &tombstone),
+        );
+        let keep_newer_tombstone = supersedes_sql(
+            &SqlVersion { order: "EXCLUDED.order_key".into(), ..SqlVersion::of("EXCLUDED") },
+            &SqlVersion { order: format!("{DELETED_KEYS}.order_key"), ..SqlVersion::of(DELETED_KEYS) },
         );
         let mut sql = format!(
             "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;\n\
              WITH updated AS (UPDATE {table} AS t SET {sets_sql}{meta}{undelete} FROM {staging} s \
-             WHERE {key_match} AND s._cdc_op <> 'd' AND t._cdc_order < s._cdc_order AND {not_buried} \
+             WHERE {key_match} AND s._cdc_op <> 'd' AND {newer} AND {not_buried} \
              RETURNING {returning}) \
              INSERT INTO {table} ({insert_columns}) SELECT {insert_values} FROM {staging} s \
              WHERE s._cdc_op <> 'd' AND ({staged_key}) NOT IN (SELECT * FROM updated) AND {not_buried} \
@@ -796,15 +846,18 @@ impl StateTables {
         match self.delete_mode {
             DeleteMode::Hard => sql.push_str(&format!(
                 "DELETE FROM {table} AS t USING {staging} s WHERE {key_match} AND s._cdc_op = 'd' \
-                 AND t._cdc_order < s._cdc_order;\n\
-                 INSERT INTO {DELETED_KEYS} (table_name, row_key, order_key) \
-                 SELECT {table_literal}, {row_key}, s._cdc_order FROM {staging} s WHERE s._cdc_op = 'd' \
+                 AND {newer};\n\
+                 INSERT INTO {DELETED_KEYS} (table_name, row_key, order_key, _cdc_topic, _cdc_partition, _cdc_offset) \
+                 SELECT {table_literal}, {row_key}, s._cdc_order, s._cdc_topic, s._cdc_partition, s._cdc_offset \
+                 FROM {staging} s WHERE s._cdc_op = 'd' \
                  ON CONFLICT (table_name, row_key) DO UPDATE \
-                 SET order_key = GREATEST({DELETED_KEYS}.order_key, EXCLUDED.order_key);"
+                 SET order_key = EXCLUDED.order_key, _cdc_topic = EXCLUDED._cdc_topic, \
+                     _cdc_partition = EXCLUDED._cdc_partition, _cdc_offset = EXCLUDED._cdc_offset \
+                 WHERE {keep_newer_tombstone};"
             )),
             DeleteMode::Soft => sql.push_str(&format!(
                 "UPDATE {table} AS t SET {meta}, _cdc_deleted = true, _cdc_deleted_at = s._cdc_source_ts \
-                 FROM {staging} s WHERE {key_match} AND s._cdc_op = 'd' AND t._cdc_order < s._cdc_order;\n\
+                 FROM {staging} s WHERE {key_match} AND s._cdc_op = 'd' AND {newer};\n\
                  INSERT INTO {table} ({insert_columns}, _cdc_deleted, _cdc_deleted_at) \
                  SELECT {insert_values}, true, s._cdc_source_ts FROM {staging} s \
                  WHERE s._cdc_op = 'd' AND NOT EXISTS (SELECT 1 FROM {table} t WHERE {key_match}) ON CONFLICT DO NOTHING;"
@@ -854,7 +907,9 @@ pub(crate) const OFFSETS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS cdc_meta; \
     ALTER TABLE cdc_meta.offsets ADD COLUMN IF NOT EXISTS kafka_cluster text; \
     CREATE TABLE IF NOT EXISTS cdc_meta.deleted_keys (\
         table_name text NOT NULL, row_key text NOT NULL, order_key text COLLATE \"C\" NOT NULL, \
-        PRIMARY KEY (table_name, row_key))";
+        PRIMARY KEY (table_name, row_key)); \
+    ALTER TABLE cdc_meta.deleted_keys ADD COLUMN IF NOT EXISTS _cdc_topic text, \
+        ADD COLUMN IF NOT EXISTS _cdc_partition integer, ADD COLUMN IF NOT EXISTS _cdc_offset bigint";
 
 /// Where deleted keys are remembered.
 const DELETED_KEYS: &str = "cdc_meta.deleted_keys";

@@ -301,7 +301,9 @@ impl MergeSql {
             };
             updates.push((name.clone(), value));
         }
-        let order = format!("target.{o} < source.{o}", o = ident(ORDER_COLUMN));
+        // The one rule of which change is newer (order key, or a later offset
+        // of the same partition).
+        let order = cdc_core::supersedes_sql(&cdc_core::SqlVersion::of("source"), &cdc_core::SqlVersion::of("target"));
         let op = ident(OP_COLUMN);
         let soft = if soft_delete {
             [

@@ -97,3 +97,23 @@ async fn init_script_matches_what_the_sink_creates() {
         assert_eq!(columns(&a, schema, table).await, columns(&b, schema, table).await, "{schema}.{table}");
     }
 }
+
+/// A re-snapshot corrects a row a streamed change wrote, and the change of a
+/// transaction open when the snapshot began wins over the snapshot's read.
+#[tokio::test]
+async fn processed_state_ends_as_the_source_at_snapshot_edges() {
+    for one_per_record in [false, true] {
+        let url = fresh_database(&format!("sinks_datalake_snapshot_edges_{one_per_record}")).await;
+        let (batches, expected) = snapshot_edge_batches(one_per_record);
+        let mut datalake = sink(&url);
+        for batch in &batches {
+            datalake.apply(batch).await.unwrap();
+        }
+        let db = connect(&url).await;
+        for (id, wanted) in expected {
+            let row = db.query_one("SELECT email FROM cdc_processed.customers WHERE id = $1", &[&(id as i32)]).await;
+            let email: String = row.unwrap().get(0);
+            assert_eq!(email, wanted, "customer {id}, one batch per record: {one_per_record}");
+        }
+    }
+}

@@ -354,3 +354,20 @@ async fn the_kafka_cluster_is_stored_with_the_offsets() {
     assert_eq!(after.cluster.as_deref(), Some("cluster-a"));
     assert!(all[1].offsets.iter().all(|(t, p, o)| after.get(t, p) == Some(o)), "the second batch was applied");
 }
+
+/// A re-snapshot corrects a row a streamed change wrote, and the change of a
+/// transaction open when the snapshot began wins over the snapshot's read.
+#[tokio::test]
+async fn the_mirror_ends_as_the_source_at_snapshot_edges() {
+    for one_per_record in [false, true] {
+        let url = fresh_database(&format!("sinks_target_snapshot_edges_{one_per_record}")).await;
+        let (batches, expected) = snapshot_edge_batches(one_per_record);
+        apply_all(&mut sink(&url), &batches).await;
+        let mirror = connect(&url).await;
+        for (id, wanted) in expected {
+            let row = mirror.query_one("SELECT email FROM public.customers WHERE id = $1", &[&(id as i32)]).await;
+            let email: String = row.unwrap().get(0);
+            assert_eq!(email, wanted, "customer {id}, one batch per record: {one_per_record}");
+        }
+    }
+}

@@ -162,3 +162,16 @@ pub fn moved(event: &ChangeEvent, partition: i32, offset: i64) -> ChangeEvent {
     event.position = cdc_core::Position::new(event.position.topic.clone(), partition, offset);
     event
 }
+
+/// [`cdc_core::testing::snapshot_edges`] as the sinks get it: all in one
+/// batch (the collapse decides), or one batch per record (the stored rows
+/// decide).
+pub fn snapshot_edge_batches(one_per_record: bool) -> (Vec<Batch>, Vec<(i64, &'static str)>) {
+    let (records, expected) = cdc_core::testing::snapshot_edges();
+    let batches = if one_per_record {
+        records.into_iter().map(|r| Batch::from_records([r])).collect()
+    } else {
+        vec![Batch::from_records(records)]
+    };
+    (batches, expected)
+}
