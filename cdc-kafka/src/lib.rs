@@ -30,17 +30,18 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+mod dead_letters;
 mod metrics;
 
+pub use dead_letters::KafkaDeadLetters;
 pub use metrics::Metrics;
 
-use async_trait::async_trait;
-use cdc_core::pipeline::{DeadLetter, DeadLetterStore, Pipeline};
+use cdc_core::pipeline::Pipeline;
 use cdc_core::{Error, Offsets, RawRecord, Result};
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -137,7 +138,7 @@ impl KafkaConfig {
     }
 }
 
-fn kafka_error(error: rdkafka::error::KafkaError) -> Error {
+pub(crate) fn kafka_error(error: rdkafka::error::KafkaError) -> Error {
     Error::Unavailable { sink: "kafka".into(), message: error.to_string() }
 }
 
@@ -666,71 +667,6 @@ enum Flushed {
 fn summary(pipeline: &Pipeline) -> RunSummary {
     let stats = pipeline.stats();
     RunSummary { records: stats.records, batches: stats.batches, dead_letters: stats.dead_letters }
-}
-
-/// Dead letters as Kafka records on `<topic><suffix>`, with the error and
-/// the original position in headers.
-pub struct KafkaDeadLetters {
-    producer: FutureProducer,
-    suffix: String,
-}
-
-impl KafkaDeadLetters {
-    pub fn new(config: &KafkaConfig, suffix: impl Into<String>) -> Result<KafkaDeadLetters> {
-        let producer: FutureProducer =
-            config.client().set("message.timeout.ms", "30000").create().map_err(kafka_error)?;
-        Ok(KafkaDeadLetters { producer, suffix: suffix.into() })
-    }
-}
-
-#[async_trait]
-impl DeadLetterStore for KafkaDeadLetters {
-    /// Stores the letter with its original key and value; a record too big
-    /// for the dead-letter topic is stored without them, as a reference to
-    /// the original (`cdc.topic`/`cdc.partition`/`cdc.offset`) with
-    /// `cdc.omitted` giving their sizes, so a dead letter is always storable.
-    async fn store(&mut self, letter: DeadLetter) -> Result<()> {
-        match self.send(&letter, true).await {
-            Err(error) if is_too_large(&error) => {
-                tracing::warn!(position = %letter.position, "dead letter too large for its topic: storing a reference");
-                self.send(&letter, false).await.map_err(kafka_error)
-            }
-            result => result.map_err(kafka_error),
-        }
-    }
-}
-
-fn is_too_large(error: &rdkafka::error::KafkaError) -> bool {
-    error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge)
-}
-
-impl KafkaDeadLetters {
-    async fn send(&self, letter: &DeadLetter, with_bytes: bool) -> std::result::Result<(), rdkafka::error::KafkaError> {
-        let topic = format!("{}{}", letter.position.topic, self.suffix);
-        let partition = letter.position.partition.to_string();
-        let offset = letter.position.offset.to_string();
-        let size = |bytes: &Option<Vec<u8>>| bytes.as_ref().map_or(0, Vec::len);
-        let omitted = format!("key={} value={}", size(&letter.key), size(&letter.value));
-        let mut headers = OwnedHeaders::new()
-            .insert(Header { key: "cdc.error", value: Some(letter.error.as_str()) })
-            .insert(Header { key: "cdc.topic", value: Some(&*letter.position.topic) })
-            .insert(Header { key: "cdc.partition", value: Some(partition.as_str()) })
-            .insert(Header { key: "cdc.offset", value: Some(offset.as_str()) })
-            .insert(Header { key: "cdc.sink", value: letter.sink.as_deref() });
-        if !with_bytes {
-            headers = headers.insert(Header { key: "cdc.omitted", value: Some(omitted.as_str()) });
-        }
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).headers(headers);
-        if with_bytes {
-            if let Some(key) = &letter.key {
-                record = record.key(key.as_slice());
-            }
-            if let Some(value) = &letter.value {
-                record = record.payload(value.as_slice());
-            }
-        }
-        self.producer.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
-    }
 }
 
 /// A record to publish.

@@ -387,3 +387,66 @@ async fn shutdown_while_reading_offsets_in_an_outage_is_bounded() {
     tokio::time::timeout(Duration::from_secs(40), run).await.expect("stopped in time").unwrap();
     assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
 }
+
+/// A record whose letter was stored before the consumer died (its offset not
+/// yet durable) is refused again by the restarted consumer: the dead-letter
+/// topic still holds one letter for it. Another sink refusing the same
+/// record is another letter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_redone_after_a_crash_is_dead_lettered_once() {
+    use cdc_core::pipeline::{DeadLetter, DeadLetterStore};
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("cdc.public.customers.dlq", 3, 1).unwrap();
+    let config = KafkaConfig::new(cluster.bootstrap_servers(), "cdc-test-dlq-once");
+    let letter = |offset: i64, sink: Option<&str>| DeadLetter {
+        position: Position::new("cdc.public.customers", 0, offset),
+        key: Some(b"{\"id\":1}".to_vec()),
+        value: Some(b"{\"op\":".to_vec()),
+        sink: sink.map(str::to_owned),
+        error: "truncated JSON".into(),
+    };
+    let mut before_the_crash = KafkaDeadLetters::new(&config, ".dlq").unwrap();
+    before_the_crash.store(letter(7, None)).await.unwrap();
+    before_the_crash.store(letter(8, Some("pg-target"))).await.unwrap();
+    drop(before_the_crash);
+    let mut restarted = KafkaDeadLetters::new(&config, ".dlq").unwrap();
+    restarted.store(letter(7, None)).await.unwrap();
+    restarted.store(letter(8, Some("pg-target"))).await.unwrap();
+    restarted.store(letter(8, Some("delta"))).await.unwrap();
+    restarted.store(letter(9, None)).await.unwrap();
+
+    let reader: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .set("group.id", "dlq-count")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&["cdc.public.customers.dlq"]).unwrap();
+    // Everything stored, counted by the partitions' ends; then read which.
+    let stored: i64 = (0..3)
+        .map(|p| {
+            let (low, high) = reader.fetch_watermarks("cdc.public.customers.dlq", p, Duration::from_secs(5)).unwrap();
+            high - low
+        })
+        .sum();
+    let mut letters = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while (letters.len() as i64) < stored && std::time::Instant::now() < deadline {
+        if let Some(Ok(message)) = reader.poll(Duration::from_millis(200)) {
+            let header = |name: &str| {
+                let headers = message.headers()?;
+                headers.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| v.to_vec())
+            };
+            letters.push((header("cdc.offset"), header("cdc.sink")));
+        }
+    }
+    assert_eq!(letters.len() as i64, stored, "every stored letter read");
+    letters.sort();
+    let expected = vec![
+        (Some(b"7".to_vec()), None),
+        (Some(b"8".to_vec()), Some(b"delta".to_vec())),
+        (Some(b"8".to_vec()), Some(b"pg-target".to_vec())),
+        (Some(b"9".to_vec()), None),
+    ];
+    assert_eq!(letters, expected);
+}
