@@ -167,8 +167,10 @@ pub fn rows_to_record_batch(
                     (Some(i), Some(image)) => image.get(i).unwrap_or(&null),
                     _ => &null,
                 };
-                if value.is_unavailable() {
-                    unavailable[row].push(&field.name);
+                if value.is_unavailable()
+                    && let Some(names) = unavailable.get_mut(row)
+                {
+                    names.push(&field.name);
                 }
                 value
             })

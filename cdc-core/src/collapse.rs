@@ -70,13 +70,15 @@ pub fn collapse<'a>(events: &[&'a ChangeEvent]) -> Vec<TableChange<'a>> {
                 rows.push(change);
             }
             Some(&i) => {
-                let existing = std::mem::replace(&mut rows[i], change.clone());
+                // `by_key` holds indices into `rows`, which only grows.
+                let Some(slot) = rows.get_mut(i) else { continue };
+                let existing = std::mem::replace(slot, change.clone());
                 let (older, newer) = if supersedes(change.event.version(), existing.event.version()) {
                     (existing, change)
                 } else {
                     (change, existing)
                 };
-                rows[i] = fill_unavailable(newer, &older);
+                *slot = fill_unavailable(newer, &older);
             }
         }
     }
@@ -100,7 +102,11 @@ fn fill_unavailable<'a>(mut newer: RowChange<'a>, older: &RowChange<'a>) -> RowC
         if !value.is_unavailable() {
             continue;
         }
-        let j = if same_schema { Some(i) } else { older.event.schema.index_of(&newer.event.schema.fields()[i].name) };
+        let j = if same_schema {
+            Some(i)
+        } else {
+            newer.event.schema.fields().get(i).and_then(|field| older.event.schema.index_of(&field.name))
+        };
         if let Some(previous) = j.and_then(|j| older_after.get(j)) {
             *value = previous.clone();
         }

@@ -221,7 +221,10 @@ impl Decoder {
         let key = if op == Op::Truncate {
             None
         } else {
-            after.as_ref().or(before.as_ref()).map(|row| schema.key_indices().iter().map(|&i| row[i].clone()).collect())
+            after
+                .as_ref()
+                .or(before.as_ref())
+                .map(|row| schema.key_indices().iter().map(|&i| row.get(i).cloned().unwrap_or(Value::Null)).collect())
         };
         let raw = self.keep_raw_json.then(|| {
             Arc::new(RawJson {
@@ -339,13 +342,13 @@ impl Decoder {
     /// The schema with column `name` widened to the next wider type, if any.
     fn widen(&mut self, table: &str, schema: &SchemaRef, name: &str) -> Option<SchemaRef> {
         let index = schema.index_of(name)?;
-        let wider = match schema.fields()[index].data_type {
+        let mut fields = schema.fields().to_vec();
+        let field = fields.get_mut(index)?;
+        field.data_type = match field.data_type {
             DataType::Int8 | DataType::Int16 | DataType::Int32 => DataType::Int64,
             DataType::Float32 => DataType::Float64,
             _ => return None,
         };
-        let mut fields = schema.fields().to_vec();
-        fields[index].data_type = wider;
         let key: Vec<&str> = schema.key_names().collect();
         let widened = Arc::new(TableSchema::new(fields, &key).ok()?);
         self.tables.insert(table.to_owned(), widened.clone());
@@ -422,8 +425,8 @@ impl DataType {
 fn blank_key_only_filler(schema: &TableSchema, image: &mut [Value]) {
     let key = schema.key_indices();
     let is_filler = |i: usize, value: &Value| {
-        let field = &schema.fields()[i];
-        value.is_null() || field.default.as_ref() == Some(value) || is_zero_value(value)
+        let default = schema.fields().get(i).and_then(|field| field.default.as_ref());
+        value.is_null() || default == Some(value) || is_zero_value(value)
     };
     let all_filler = image.iter().enumerate().all(|(i, v)| key.contains(&i) || is_filler(i, v));
     let any_non_key = (0..image.len()).any(|i| !key.contains(&i));
@@ -625,7 +628,10 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
         let mut present = vec![false; fields.len()];
         while let Some(key) = map.next_key_seed(FieldSeed { schema: self.schema, hint: next })? {
             let (index, data_type, name) = match key {
-                FieldKey::Known(i) => (Some(i), &fields[i].data_type, None),
+                FieldKey::Known(i) => match fields.get(i) {
+                    Some(field) => (Some(i), &field.data_type, None),
+                    None => return Err(de::Error::custom("column index beyond the record's schema")),
+                },
                 FieldKey::Unknown(name) if self.schemaless => (None, &DataType::Dynamic, Some(name)),
                 FieldKey::Unknown(name) => {
                     *self.failed_field.borrow_mut() = Some(name);
@@ -634,7 +640,7 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
             };
             let value = map.next_value_seed(ValueSeed(data_type)).inspect_err(|_| {
                 *self.failed_field.borrow_mut() =
-                    Some(name.clone().unwrap_or_else(|| fields[index.unwrap_or_default()].name.clone()));
+                    name.clone().or_else(|| Some(fields.get(index.unwrap_or_default())?.name.clone()));
             })?;
             match index {
                 Some(i) => {
@@ -935,10 +941,11 @@ fn decimal_from_bytes(bytes: &[u8], scale: i32) -> std::result::Result<Value, St
 }
 
 fn decimal_in_range(bytes: &[u8], scale: i32) -> Value {
-    if bytes.len() <= 16 {
-        let negative = bytes.first().is_some_and(|b| b & 0x80 != 0);
-        let mut buf = if negative { [0xff; 16] } else { [0; 16] };
-        buf[16 - bytes.len()..].copy_from_slice(bytes);
+    let negative = bytes.first().is_some_and(|b| b & 0x80 != 0);
+    let mut buf = if negative { [0xff; 16] } else { [0; 16] };
+    // Sign-extended into 16 bytes when it fits an i128.
+    if let Some(tail) = buf.len().checked_sub(bytes.len()).and_then(|start| buf.get_mut(start..)) {
+        tail.copy_from_slice(bytes);
         return Value::Decimal(Decimal { unscaled: i128::from_be_bytes(buf), scale });
     }
     let big = num_bigint::BigInt::from_signed_bytes_be(bytes);

@@ -7,7 +7,8 @@
         clippy::panic,
         clippy::unreachable,
         clippy::todo,
-        clippy::unimplemented
+        clippy::unimplemented,
+        clippy::indexing_slicing
     )
 )]
 //! The Debezium side of cdc-lakehouse: the change-event model, a type-faithful

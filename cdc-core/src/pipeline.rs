@@ -279,7 +279,7 @@ impl Pipeline {
         let more = held.iter().count().saturating_sub(partitions.len());
         let more = if more > 0 { format!(" and {more} more") } else { String::new() };
         Err(Error::Sink {
-            sink: self.sinks[i].name().to_owned(),
+            sink: self.sink_name(i),
             message: format!(
                 "holds offsets of Kafka cluster `{stored}` ({}{more}), but the records come from cluster \
                  `{current}`: resuming would skip records of the new cluster up to those offsets. To start \
@@ -291,17 +291,30 @@ impl Pipeline {
         })
     }
 
+    /// Sink `i` (callers iterate `0..self.sinks.len()`).
+    fn sink(&mut self, i: usize) -> Result<&mut Box<dyn Sink>> {
+        self.sinks.get_mut(i).ok_or_else(|| Error::Sink {
+            sink: "pipeline".into(),
+            message: format!("no sink number {i}"),
+            retriable: false,
+        })
+    }
+
+    fn sink_name(&self, i: usize) -> String {
+        self.sinks.get(i).map_or_else(|| format!("sink {i}"), |sink| sink.name().to_owned())
+    }
+
     /// Reads a sink's offsets, waiting out an outage as the retry policy says
     /// (a sink down at start-up is the same outage as one mid-stream).
     async fn durable_offsets_with_backoff(&mut self, i: usize) -> Result<Offsets> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            match self.sinks[i].durable_offsets().await {
+            match self.sink(i)?.durable_offsets().await {
                 Ok(offsets) => return Ok(offsets),
                 Err(error) if error.is_retriable() => match self.retry.wait_after(attempt) {
                     Some(wait) => {
-                        tracing::warn!(sink = self.sinks[i].name(), %error, attempt, ?wait, "reading offsets failed; retrying");
+                        tracing::warn!(sink = %self.sink_name(i), %error, attempt, ?wait, "reading offsets failed; retrying");
                         tokio::time::sleep(wait).await;
                     }
                     None => return Err(error),
@@ -457,7 +470,7 @@ impl Pipeline {
                 Err(events) => {
                     let mid = events.len() / 2;
                     let mut first_offsets = part.offsets.empty_like();
-                    for event in &events[..mid] {
+                    for event in events.iter().take(mid) {
                         first_offsets.advance(&event.position);
                     }
                     let (first, second) = events.split_at(mid);
@@ -481,7 +494,7 @@ impl Pipeline {
         if self.on_error == OnError::FailFast {
             return Err(error);
         }
-        let sink = self.sinks[i].name().to_owned();
+        let sink = self.sink_name(i);
         tracing::warn!(sink, %error, position = %event.position, "dead-lettering an event the sink refused");
         let (key, value) = raw.get(&event.position).cloned().unwrap_or_default();
         self.dead_letter(DeadLetter {
@@ -503,7 +516,7 @@ impl Pipeline {
         let mut last_message = String::new();
         loop {
             attempt += 1;
-            let error = match self.sinks[i].apply(batch).await {
+            let error = match self.sink(i)?.apply(batch).await {
                 Ok(()) => return Ok(()),
                 Err(error) if !error.is_retriable() => return Err(error),
                 Err(error) => error,
@@ -515,7 +528,7 @@ impl Pipeline {
                 return Err(error.into_bad_data(repeats));
             }
             let Some(wait) = self.retry.wait_after(attempt) else { return Err(error) };
-            tracing::warn!(sink = self.sinks[i].name(), %error, attempt, ?wait, "sink failed; retrying the batch");
+            tracing::warn!(sink = %self.sink_name(i), %error, attempt, ?wait, "sink failed; retrying the batch");
             tokio::time::sleep(wait).await;
         }
     }

@@ -150,7 +150,7 @@ impl TableSchema {
     }
 
     pub fn key_names(&self) -> impl Iterator<Item = &str> {
-        self.key.iter().map(|&i| self.fields[i].name.as_str())
+        self.key.iter().filter_map(|&i| self.fields.get(i)).map(|field| field.name.as_str())
     }
 
     pub fn index_of(&self, name: &str) -> Option<usize> {
@@ -158,7 +158,7 @@ impl TableSchema {
     }
 
     pub fn field(&self, name: &str) -> Option<&Field> {
-        self.index_of(name).map(|i| &self.fields[i])
+        self.fields.get(self.index_of(name)?)
     }
 
     /// The same columns with another key (used when the key schema arrives

@@ -1,7 +1,7 @@
 //! Helpers for tests across the workspace: the real-Debezium fixtures in
 //! `tests/fixtures/debezium/` (captured by `tests/capture/capture.sh`).
 
-#![allow(clippy::expect_used, clippy::panic)] // test helpers: failing loudly is the point
+#![allow(clippy::expect_used, clippy::panic, clippy::indexing_slicing)] // test helpers: failing loudly is the point
 
 use std::path::PathBuf;
 

@@ -7,7 +7,8 @@
         clippy::panic,
         clippy::unreachable,
         clippy::todo,
-        clippy::unimplemented
+        clippy::unimplemented,
+        clippy::indexing_slicing
     )
 )]
 //! Kafka source for the pipeline: a consumer group subscribed to the

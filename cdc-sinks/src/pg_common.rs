@@ -392,8 +392,8 @@ fn pg_text(data_type: &DataType, value: &Value, geometry_as_point: bool) -> Opti
         (_, Value::Float(f)) => format!("{f:?}"),
         (_, Value::Bytes(b)) => format!("\\x{}", b.iter().map(|b| format!("{b:02x}")).collect::<String>()),
         (_, Value::Geometry { wkb, .. }) if geometry_as_point && wkb.len() == 21 => {
-            let x = f64::from_le_bytes(wkb[5..13].try_into().ok()?);
-            let y = f64::from_le_bytes(wkb[13..21].try_into().ok()?);
+            let x = f64::from_le_bytes(wkb.get(5..13)?.try_into().ok()?);
+            let y = f64::from_le_bytes(wkb.get(13..21)?.try_into().ok()?);
             format!("({x:?},{y:?})")
         }
         (_, Value::Geometry { wkb, .. }) => {
@@ -679,7 +679,8 @@ impl StateTables {
     ) -> Result<()> {
         self.staging_counter += 1;
         let staging = format!("_cdc_stage_{}", self.staging_counter);
-        let key_count = rows[0].event.schema.key_indices().len();
+        let Some(first) = rows.first() else { return Ok(()) };
+        let key_count = first.event.schema.key_indices().len();
         let mut definitions = Vec::new();
         let mut types = Vec::new();
         for (column, _) in columns {
@@ -776,21 +777,25 @@ impl StateTables {
             casts.push(format!("s.{name}::{ty}"));
             names.push(name);
         }
+        // Key columns come first (`ensure_table`).
+        let key = || names.iter().zip(&casts).take(key_count);
         // Rows the UPDATE did not touch are new, or older than what the table
         // holds (the INSERT's ON CONFLICT skips those).
-        let returning = (0..key_count).map(|i| format!("t.{}", names[i])).collect::<Vec<_>>().join(", ");
-        let staged_key = casts[..key_count].join(", ");
-        let key_match =
-            (0..key_count).map(|i| format!("t.{} = {}", names[i], casts[i])).collect::<Vec<_>>().join(" AND ");
-        let toast_aware = |i: usize| {
-            format!(
-                "{name} = CASE WHEN s._cdc_unavailable::text[] @> ARRAY[{literal}] THEN t.{name} ELSE {cast} END",
-                name = names[i],
-                literal = quote_literal(&columns[i].0.name),
-                cast = casts[i]
-            )
-        };
-        let sets: Vec<String> = (key_count..columns.len()).map(toast_aware).collect();
+        let returning = key().map(|(name, _)| format!("t.{name}")).collect::<Vec<_>>().join(", ");
+        let staged_key = key().map(|(_, cast)| cast.as_str()).collect::<Vec<_>>().join(", ");
+        let key_match = key().map(|(name, cast)| format!("t.{name} = {cast}")).collect::<Vec<_>>().join(" AND ");
+        let sets: Vec<String> = names
+            .iter()
+            .zip(&casts)
+            .zip(columns)
+            .skip(key_count)
+            .map(|((name, cast), (column, _))| {
+                format!(
+                    "{name} = CASE WHEN s._cdc_unavailable::text[] @> ARRAY[{literal}] THEN t.{name} ELSE {cast} END",
+                    literal = quote_literal(&column.name),
+                )
+            })
+            .collect();
         let meta = "_cdc_op = s._cdc_op, _cdc_order = s._cdc_order, _cdc_source_ts = s._cdc_source_ts, \
                     _cdc_lsn = s._cdc_lsn, _cdc_tx_id = s._cdc_tx_id, _cdc_topic = s._cdc_topic, \
                     _cdc_partition = s._cdc_partition, _cdc_offset = s._cdc_offset, _cdc_synced_at = now()";

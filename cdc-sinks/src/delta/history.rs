@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use cdc_core::{Batch, ChangeEvent, Error, Result};
+use cdc_core::{Batch, ChangeEvent, Error, RawJson, Result};
 use deltalake::arrow::array::{
     ArrayRef, Date32Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
@@ -101,23 +101,26 @@ fn to_batch(events: &[&ChangeEvent]) -> Result<RecordBatch> {
         Field::new("ingested_at", utc(), false),
         Field::new("event_date", DataType::Date32, false),
     ]);
-    let strings = |f: &dyn Fn(usize) -> Option<String>| -> ArrayRef {
-        Arc::new((0..events.len()).map(f).collect::<StringArray>())
+    let events_text = |f: &dyn Fn(&ChangeEvent) -> String| -> ArrayRef {
+        Arc::new(events.iter().map(|e| Some(f(e))).collect::<StringArray>())
+    };
+    let raw_text = |f: &dyn Fn(&RawJson) -> Option<String>| -> ArrayRef {
+        Arc::new(raws.iter().map(|r| f(r)).collect::<StringArray>())
     };
     let columns: Vec<ArrayRef> = vec![
-        strings(&|i| Some(events[i].position.topic.to_string())),
+        events_text(&|e| e.position.topic.to_string()),
         Arc::new(events.iter().map(|e| e.position.partition).collect::<Int32Array>()),
         Arc::new(events.iter().map(|e| e.position.offset).collect::<Int64Array>()),
-        strings(&|i| Some(events[i].source.schema.clone())),
-        strings(&|i| Some(events[i].source.table.clone())),
-        strings(&|i| Some(events[i].op.code().to_owned())),
-        strings(&|i| raws[i].key.as_deref().map(str::to_owned)),
-        strings(&|i| raws[i].before.as_deref().map(str::to_owned)),
-        strings(&|i| raws[i].after.as_deref().map(str::to_owned)),
-        strings(&|i| Some(raws[i].source.to_string())),
+        events_text(&|e| e.source.schema.clone()),
+        events_text(&|e| e.source.table.clone()),
+        events_text(&|e| e.op.code().to_owned()),
+        raw_text(&|r| r.key.as_deref().map(str::to_owned)),
+        raw_text(&|r| r.before.as_deref().map(str::to_owned)),
+        raw_text(&|r| r.after.as_deref().map(str::to_owned)),
+        raw_text(&|r| Some(r.source.to_string())),
         Arc::new(events.iter().map(|e| e.source.tx_id).collect::<Int64Array>()),
         Arc::new(events.iter().map(|e| e.source.lsn).collect::<Int64Array>()),
-        strings(&|i| Some(events[i].order.to_hex())),
+        events_text(&|e| e.order.to_hex()),
         Arc::new(TimestampMicrosecondArray::from(event_ts).with_timezone("UTC")),
         Arc::new(TimestampMicrosecondArray::from(vec![now; events.len()]).with_timezone("UTC")),
         Arc::new(Date32Array::from(event_date)),

@@ -352,13 +352,13 @@ async fn apply_events(
     if start < events.len() {
         segments.push(start..events.len());
     }
-    let last = segments.len() - 1;
+    let last = segments.len().saturating_sub(1);
     for (n, segment) in segments.into_iter().enumerate() {
         // This commit makes durable everything of the table up to the end of
         // the segment; the last one also the batch's trailing records
         // (tombstones) of the same partitions.
         let mut this_commit = batch_offsets.empty_like();
-        for event in &events[..segment.end] {
+        for event in events.iter().take(segment.end) {
             this_commit.advance(&event.position);
         }
         if n == last {
@@ -369,7 +369,8 @@ async fn apply_events(
             }
         }
         let table = state.table.clone();
-        let events = &events[segment];
+        // Segments partition `0..events.len()`.
+        let events = events.get(segment).unwrap_or_default();
         let truncating = events.first().copied().filter(|e| e.op == Op::Truncate);
         let truncate_at = truncating.map(|e| e.order.to_hex());
         let marker = truncate_at.as_ref().map(|hex| (TRUNCATED_METADATA, serde_json::json!(hex)));
