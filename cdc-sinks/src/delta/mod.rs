@@ -26,6 +26,10 @@ use deltalake::{DeltaTable, DeltaTableError};
 use futures::TryStreamExt;
 use serde::Deserialize;
 
+/// The Arrow batch a Delta table gets for a converted batch (for tests of
+/// the type mapping; the sink calls it itself).
+#[doc(hidden)]
+pub use convert::for_delta;
 pub use deltalake;
 
 const NAME: &str = "delta";

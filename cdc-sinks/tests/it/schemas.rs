@@ -160,6 +160,13 @@ fn record(column: &Json, optional: bool, value: Option<&Json>) -> String {
     .to_string()
 }
 
+thread_local! {
+    /// The Delta schema of the previous case's column, as a table holding
+    /// another type for the same column name.
+    static PREVIOUS: std::cell::RefCell<Option<cdc_sinks::delta::deltalake::arrow::datatypes::SchemaRef>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
@@ -172,6 +179,7 @@ proptest! {
         absent in prop::bool::weighted(0.1),
     ) {
         let value = if use_other { other } else { typed_value };
+        PREVIOUS.with(|previous| -> Result<(), TestCaseError> {
         let json = record(&column, optional, (!absent).then_some(&value));
         let raw = RawRecord { topic: "cdc.public.t", partition: 0, offset: 1, key: Some(br#"{"id":1}"#), value: Some(json.as_bytes()) };
         match Decoder::new().decode(raw) {
@@ -179,10 +187,22 @@ proptest! {
                 for field in event.schema.fields() {
                     let _ = cdc_sinks::pg_type(field);
                 }
-                let _ = cdc_core::arrow::to_record_batch("public.t", &event.schema, &[&event]);
+                if let Ok(batch) = cdc_core::arrow::to_record_batch("public.t", &event.schema, &[&event]) {
+                    // Delta's type mapping, alone and against a table that
+                    // holds another version of the column (any type).
+                    if let Ok(converted) = cdc_sinks::delta::for_delta("t", &batch, None, false) {
+                        let _ = cdc_sinks::delta::for_delta("t", &batch, Some(&converted.schema()), true);
+                        if let Some(previous) = &*previous.borrow() {
+                            let _ = cdc_sinks::delta::for_delta("t", &batch, Some(previous), false);
+                        }
+                        *previous.borrow_mut() = Some(converted.schema());
+                    }
+                }
             }
             Ok(_) => {}
             Err(error) => prop_assert!(error.position().is_some() || matches!(error, cdc_core::Error::Schema { .. }), "{error}"),
         }
+        Ok(())
+        })?;
     }
 }
