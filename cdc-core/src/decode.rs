@@ -403,8 +403,15 @@ impl DataType {
             (Dynamic, _) | (_, Dynamic) => true,
             (a, b) if int_rank(a).is_some() && int_rank(b).is_some() => int_rank(a) <= int_rank(b),
             (Int8 | Int16 | Int32, Float64) | (Float32, Float64) => true,
+            // No fewer digits before the point, and none fewer after it.
             (Decimal { precision: p1, scale: s1 }, Decimal { precision: p2, scale: s2 }) => {
-                s1 == s2 && p2.unwrap_or(u32::MAX) >= p1.unwrap_or(u32::MAX)
+                let integer_digits = |p: &Option<u32>, s: &i32| p.map(|p| i64::from(p) - i64::from(*s));
+                s2 >= s1
+                    && match (integer_digits(p1, s1), integer_digits(p2, s2)) {
+                        (_, None) => true,
+                        (Some(before), Some(after)) => after >= before,
+                        (None, Some(_)) => false,
+                    }
             }
             (Decimal { .. }, VariableDecimal) => true,
             (Enum { .. }, Enum { .. }) | (EnumSet { .. }, EnumSet { .. }) => true,

@@ -103,3 +103,61 @@ pub fn snapshot_edges() -> (Vec<Record>, Vec<(i64, &'static str)>) {
     let records = edited.iter().map(|r| decoder.decode(r.raw()).expect("an edited fixture record")).collect();
     (records, vec![(1, "resnapshot@example.com"), (2, "in-flight@example.com")])
 }
+
+/// A real order's snapshot read, then updates whose schemas widen columns
+/// as `ALTER COLUMN ... TYPE` at the source would: `total_amount`
+/// numeric(10,2) -> numeric(14,4) with a value that needs it, `status`
+/// varchar(20) -> varchar(40) -> text. One partition, in offset order.
+///
+/// Returns the decoded records and the final (total_amount, status) as
+/// PostgreSQL renders them.
+pub fn widening_changes() -> (Vec<Record>, (&'static str, String)) {
+    let read = load("schemas")
+        .into_iter()
+        .find(|r| r.topic == "cdc.public.orders" && r.value.as_deref().is_some_and(|v| v.contains("\"op\":\"r\"")))
+        .expect("an order's snapshot read");
+    let long_status = "x".repeat(30);
+    let edit =
+        |offset: i64, lsn: u64, precision: u32, scale: u32, amount: &str, status_type: (&str, &str), status: &str| {
+            let mut value: serde_json::Value =
+                serde_json::from_str(read.value.as_deref().expect("a value")).expect("JSON value");
+            for field in value["schema"]["fields"].as_array_mut().expect("envelope fields") {
+                if field["field"] != "after" && field["field"] != "before" {
+                    continue;
+                }
+                for column in field["fields"].as_array_mut().expect("row fields") {
+                    let name = column["field"].as_str().unwrap_or_default().to_owned();
+                    let parameters = &mut column["parameters"];
+                    if name == "total_amount" {
+                        parameters["scale"] = scale.to_string().into();
+                        parameters["connect.decimal.precision"] = precision.to_string().into();
+                        parameters["__debezium.source.column.length"] = precision.to_string().into();
+                        parameters["__debezium.source.column.scale"] = scale.to_string().into();
+                    }
+                    if name == "status" {
+                        parameters["__debezium.source.column.type"] = status_type.0.into();
+                        parameters["__debezium.source.column.length"] = status_type.1.into();
+                    }
+                }
+            }
+            let payload = &mut value["payload"];
+            payload["after"]["total_amount"] = amount.into();
+            payload["after"]["status"] = status.into();
+            if offset > 0 {
+                payload["op"] = "u".into();
+                payload["source"]["snapshot"] = "false".into();
+                payload["source"]["sequence"] = format!("[\"{lsn}\",\"{lsn}\"]").into();
+                payload["source"]["lsn"] = lsn.into();
+            }
+            FixtureRecord { offset, value: Some(value.to_string()), ..read.clone() }
+        };
+    // 12345.6789 needs numeric(14,4): unscaled 123456789 = 0x075BCD15.
+    let edited = [
+        edit(0, 0, 10, 2, "AgeG", ("VARCHAR", "20"), "pending"),
+        edit(1, 30_000_000, 14, 4, "B1vNFQ==", ("VARCHAR", "40"), &long_status),
+        edit(2, 30_000_100, 14, 4, "B1vNFQ==", ("TEXT", "2147483647"), &"y".repeat(300)),
+    ];
+    let mut decoder = Decoder::new().keep_raw_json(true);
+    let records = edited.iter().map(|r| decoder.decode(r.raw()).expect("an edited fixture record")).collect();
+    (records, ("12345.6789", "y".repeat(300)))
+}

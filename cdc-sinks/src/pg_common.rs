@@ -274,20 +274,69 @@ fn base_pg_type(data_type: &DataType, source: Option<&str>, length: Option<i64>)
     }
 }
 
-/// Whether a column of type `from` can be altered in place to `to` without
-/// losing values (`ALTER COLUMN ... TYPE`).
+/// Whether a column of type `from` (as `format_type` writes it) can be
+/// altered in place to `to` without losing or changing any value (`ALTER
+/// COLUMN ... TYPE`): a wider integer; `real` to `double precision`;
+/// `numeric(p,s)` to `numeric(p',s')` with p'-s' >= p-s and s' >= s, or to
+/// unconstrained `numeric` (integers too, when their digits fit); a longer
+/// `character varying`, or `text`; a longer `bit varying`.
 fn widens(from: &str, to: &str) -> bool {
-    let rank = |t: &str| match t {
-        "smallint" => Some(1),
-        "integer" => Some(2),
-        "bigint" => Some(3),
-        "numeric" => Some(4),
-        _ => None,
-    };
-    match (rank(from), rank(to)) {
-        (Some(a), Some(b)) => a < b,
-        _ => {
-            from == "real" && to == "double precision" || to == "text" || to == "numeric" && from.starts_with("numeric")
+    use PgColumnType::*;
+    match (PgColumnType::parse(from), PgColumnType::parse(to)) {
+        (Integer { digits: a }, Integer { digits: b }) => a < b,
+        (Integer { digits }, Numeric(None)) => digits > 0,
+        (Integer { digits }, Numeric(Some((p, s)))) => p - s >= digits,
+        (Real, Double) => true,
+        (Numeric(Some(_)), Numeric(None)) => true,
+        (Numeric(Some((p, s))), Numeric(Some((p2, s2)))) => (p2 - s2 >= p - s && s2 >= s) && (p2, s2) != (p, s),
+        (Varchar(Some(n)), Varchar(m)) => m.is_none_or(|m| m > n),
+        (Varchar(_) | Char(_), Text) => true,
+        (BitVarying(Some(n)), BitVarying(m)) => m.is_none_or(|m| m > n),
+        _ => false,
+    }
+}
+
+/// The column types whose widening is known; everything else is `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PgColumnType {
+    /// `smallint`, `integer`, `bigint`, by the decimal digits they hold.
+    Integer {
+        digits: i64,
+    },
+    Real,
+    Double,
+    /// `numeric(p,s)`, or unconstrained.
+    Numeric(Option<(i64, i64)>),
+    Varchar(Option<i64>),
+    Char(i64),
+    Text,
+    BitVarying(Option<i64>),
+    Other,
+}
+
+impl PgColumnType {
+    fn parse(name: &str) -> PgColumnType {
+        let (family, arguments) = match name.split_once('(') {
+            Some((family, rest)) => (family.trim(), rest.trim_end_matches(')')),
+            None => (name.trim(), ""),
+        };
+        let numbers: Vec<i64> = arguments.split(',').filter_map(|n| n.trim().parse().ok()).collect();
+        match (family, numbers.as_slice()) {
+            ("smallint", []) => PgColumnType::Integer { digits: 5 },
+            ("integer", []) => PgColumnType::Integer { digits: 10 },
+            ("bigint", []) => PgColumnType::Integer { digits: 19 },
+            ("real", []) => PgColumnType::Real,
+            ("double precision", []) => PgColumnType::Double,
+            ("numeric", []) => PgColumnType::Numeric(None),
+            ("numeric", [p]) => PgColumnType::Numeric(Some((*p, 0))),
+            ("numeric", [p, s]) => PgColumnType::Numeric(Some((*p, *s))),
+            ("character varying", []) => PgColumnType::Varchar(None),
+            ("character varying", [n]) => PgColumnType::Varchar(Some(*n)),
+            ("character", [n]) => PgColumnType::Char(*n),
+            ("text", []) => PgColumnType::Text,
+            ("bit varying", []) => PgColumnType::BitVarying(None),
+            ("bit varying", [n]) => PgColumnType::BitVarying(Some(*n)),
+            _ => PgColumnType::Other,
         }
     }
 }
@@ -575,13 +624,17 @@ impl StateTables {
                     tx.batch_execute(&sql).await.map_err(|e| sink_error(self.sink, &e))?;
                     changed.columns.insert(column.name.clone(), wanted);
                 }
-                Some(current) if *current == wanted || same_family(current, &wanted) => {}
+                Some(current) if *current == wanted => {}
                 Some(current) if widens(current, &wanted) => {
                     let name = quote_ident(&column.name)?;
                     let sql = format!("ALTER TABLE {table} ALTER COLUMN {name} TYPE {wanted} USING {name}::{wanted}");
                     tx.batch_execute(&sql).await.map_err(|e| sink_error(self.sink, &e))?;
                     changed.columns.insert(column.name.clone(), wanted);
                 }
+                // An event of an older schema version (the table was widened
+                // since), or a narrowing at the source: every value it can
+                // carry fits the wider column, which stays.
+                Some(current) if widens(&wanted, current) || same_family(current, &wanted) => {}
                 Some(current) => {
                     return Err(self.error(format!(
                         "column {} of {schema_name}.{table_name} is {current} in PostgreSQL but events now carry \
@@ -1074,6 +1127,38 @@ pub(crate) async fn apply_with_retries<S: TransactionalSink>(sink: &mut S, batch
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn widenings_lose_nothing() {
+        for (from, to) in [
+            ("integer", "bigint"),
+            ("smallint", "numeric"),
+            ("integer", "numeric(12,2)"),
+            ("real", "double precision"),
+            ("numeric(12,2)", "numeric(14,4)"),
+            ("numeric(12,2)", "numeric"),
+            ("character varying(20)", "character varying(40)"),
+            ("character varying(20)", "text"),
+            ("character varying(20)", "character varying"),
+            ("bit varying(5)", "bit varying"),
+        ] {
+            assert!(widens(from, to), "{from} -> {to}");
+        }
+        for (from, to) in [
+            ("bigint", "integer"),
+            ("bigint", "numeric(12,2)"),
+            ("numeric(12,2)", "numeric(12,4)"),
+            ("numeric(14,4)", "numeric(12,2)"),
+            ("numeric", "numeric(30,2)"),
+            ("double precision", "real"),
+            ("character varying(40)", "character varying(20)"),
+            ("text", "character varying(100)"),
+            ("text", "integer"),
+            ("numeric(12,2)", "numeric(12,2)"),
+        ] {
+            assert!(!widens(from, to), "{from} -> {to}");
+        }
+    }
 
     #[test]
     fn urls_never_show_passwords() {

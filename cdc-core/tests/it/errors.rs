@@ -135,3 +135,16 @@ fn a_required_column_missing_from_the_payload_is_an_error() {
     let optional = value.replace(r#""optional":false,"field":"v""#, r#""optional":true,"field":"v""#);
     decode(&optional).unwrap();
 }
+
+/// numeric(p,s) widens to numeric(p',s') when neither the digits before nor
+/// after the point shrink; anything else is still refused.
+#[test]
+fn decimal_widening_keeps_every_digit() {
+    use cdc_core::DataType::Decimal;
+    let decimal = |p: Option<u32>, s: i32| Decimal { precision: p, scale: s };
+    assert!(decimal(Some(12), 2).can_widen_to(&decimal(Some(14), 4)));
+    assert!(decimal(Some(12), 2).can_widen_to(&decimal(None, 2)));
+    assert!(!decimal(Some(12), 2).can_widen_to(&decimal(Some(12), 4)), "integer digits shrink");
+    assert!(!decimal(Some(14), 4).can_widen_to(&decimal(Some(14), 2)), "fraction digits shrink");
+    assert!(!decimal(None, 2).can_widen_to(&decimal(Some(30), 2)));
+}

@@ -371,3 +371,29 @@ async fn the_mirror_ends_as_the_source_at_snapshot_edges() {
         }
     }
 }
+
+/// Columns widened at the source (numeric(10,2) -> numeric(14,4), varchar(20)
+/// -> varchar(40) -> text) are widened in place, in one batch or across
+/// batches, and the values that need the wider type are stored exactly.
+#[tokio::test]
+async fn widened_columns_are_altered_in_place() {
+    for one_per_record in [false, true] {
+        let url = fresh_database(&format!("sinks_target_widening_{one_per_record}")).await;
+        let (records, (amount, status)) = cdc_core::testing::widening_changes();
+        let batches: Vec<Batch> = if one_per_record {
+            records.into_iter().map(|r| Batch::from_records([r])).collect()
+        } else {
+            vec![Batch::from_records(records)]
+        };
+        apply_all(&mut sink(&url), &batches).await;
+        let mirror = connect(&url).await;
+        let row = mirror.query_one("SELECT total_amount::text, status FROM public.orders", &[]).await.unwrap();
+        assert_eq!((row.get::<_, String>(0), row.get::<_, String>(1)), (amount.to_owned(), status.clone()));
+        for (column, wanted) in [("total_amount", "numeric(14,4)"), ("status", "text")] {
+            let sql = "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+                       WHERE attrelid = 'public.orders'::regclass AND attname = $1";
+            let found: String = mirror.query_one(sql, &[&column]).await.unwrap().get(0);
+            assert_eq!(found, wanted, "{column}, one batch per record: {one_per_record}");
+        }
+    }
+}
