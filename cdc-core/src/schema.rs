@@ -163,6 +163,26 @@ impl TableSchema {
 
     /// The same columns with another key (used when the key schema arrives
     /// separately from the value schema).
+    /// Every column of `schemas` (versions of one table, newest first): a
+    /// column keeps its newest type; the key is the newest one's. A batch
+    /// spanning a schema change is converted with it, each row giving its
+    /// own values (null where its version lacks the column), so which
+    /// batch an event lands in does not change what is written.
+    pub fn union<'a>(schemas: impl IntoIterator<Item = &'a TableSchema>) -> crate::Result<TableSchema> {
+        let mut schemas = schemas.into_iter();
+        let Some(newest) = schemas.next() else { return TableSchema::new(Vec::new(), &[]) };
+        let mut fields = newest.fields.clone();
+        for older in schemas {
+            for field in older.fields() {
+                if !fields.iter().any(|f| f.name == field.name) {
+                    fields.push(field.clone());
+                }
+            }
+        }
+        let key: Vec<&str> = newest.key_names().collect();
+        TableSchema::new(fields, &key)
+    }
+
     pub fn with_key(&self, key_columns: &[&str]) -> crate::Result<TableSchema> {
         TableSchema::new(self.fields.clone(), key_columns)
     }

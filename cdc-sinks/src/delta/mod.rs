@@ -9,6 +9,7 @@ mod convert;
 mod history;
 pub mod maintenance;
 pub mod time_travel;
+mod widen;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -331,6 +332,25 @@ fn offsets_commit(
     (properties, cumulative)
 }
 
+/// Properties for a commit that moves no offset but must lose to any
+/// concurrent writer of `partitions` (a table rewrite): `txn` actions at the
+/// versions the table holds, unchanged, so delta-rs fails the commit with a
+/// conflict when another commit wrote one of those app ids since the
+/// snapshot it read; the stale writer re-reads and tries again.
+fn offsets_guard(config: &DeltaConfig, held: &Offsets, partitions: &Offsets) -> CommitProperties {
+    let now = chrono::Utc::now().timestamp_millis();
+    let txns: Vec<Transaction> = partitions
+        .iter()
+        .filter_map(|(topic, partition, _)| {
+            let version = held.get(topic, partition)?;
+            Some(Transaction::new_with_last_update(config.app_id(topic, partition), version, Some(now)))
+        })
+        .collect();
+    let listed: Vec<(String, i32, i64)> = held.iter().map(|(t, p, o)| (t.to_owned(), p, o)).collect();
+    let metadata = [(OFFSETS_METADATA.to_owned(), serde_json::json!(listed))];
+    CommitProperties::default().with_application_transactions(txns).with_metadata(metadata)
+}
+
 /// Applies one table's pending events: truncates in their own commits, runs
 /// of rows in one MERGE or append each.
 async fn apply_events(
@@ -390,7 +410,10 @@ async fn apply_events(
                     .filter(|e| state.truncated_below.as_ref().is_none_or(|below| e.order.to_hex() > *below))
                     .collect();
                 match cdc_core::collapse(&live).pop() {
-                    Some(TableChange::Rows(rows)) => apply_rows(config, name, table, &rows, properties, stats).await?,
+                    Some(TableChange::Rows(rows)) => {
+                        let guard = offsets_guard(config, &state.held, &this_commit);
+                        apply_rows(config, name, table, &rows, (guard, properties), stats).await?
+                    }
                     _ => table,
                 }
             }
@@ -428,13 +451,25 @@ async fn apply_rows(
     name: &str,
     table: DeltaTable,
     rows: &[RowChange<'_>],
-    properties: CommitProperties,
+    (guard, properties): (CommitProperties, CommitProperties),
     stats: &mut ApplyStats,
 ) -> Result<DeltaTable> {
     let Some(newest) = rows.iter().map(|r| r.event).max_by_key(|e| e.order) else { return Ok(table) };
     let images: Vec<(&ChangeEvent, Option<&[Value]>)> =
         rows.iter().map(|r| (r.event, r.after.as_deref().map(Vec::as_slice).or(r.event.before.as_deref()))).collect();
-    let batch = cdc_core::arrow::rows_to_record_batch(name, &newest.schema, &images)?;
+    // Newest schema first; a column only older events carry keeps their values.
+    let mut versions: Vec<&cdc_core::TableSchema> = vec![&newest.schema];
+    for row in rows {
+        if !versions.iter().any(|v| std::ptr::eq(*v, &*row.event.schema)) {
+            versions.push(&row.event.schema);
+        }
+    }
+    let schema = cdc_core::TableSchema::union(versions).map_err(|e| Error::Sink {
+        sink: NAME.into(),
+        message: format!("table {name}: {e}"),
+        retriable: false,
+    })?;
+    let batch = cdc_core::arrow::rows_to_record_batch(name, &schema, &images)?;
     let key: Vec<String> = newest.schema.key_names().map(str::to_owned).collect();
     if key.is_empty() {
         return Err(Error::Sink {
@@ -443,7 +478,7 @@ async fn apply_rows(
             retriable: false,
         });
     }
-    let existing = convert::table_schema(&table)?;
+    let (table, existing) = widen_if_needed(name, table, &batch, guard).await?;
     let source = convert::for_delta(name, &batch, existing.as_ref(), config.soft_delete)?;
     let source = convert::sort_by_key(&source, &key)?;
     let has_rows = table.version().is_some() && convert::has_files(&table)?;
@@ -461,6 +496,26 @@ async fn apply_rows(
     }
     stats.merges += 1;
     merge(config, table, source, &key, rows, properties, stats).await
+}
+
+/// Rewrites the table first when the batch's values need a wider column
+/// type than it has (see `widen`), in a commit guarded by `offsets_guard`;
+/// returns the table and its schema.
+async fn widen_if_needed(
+    name: &str,
+    table: DeltaTable,
+    batch: &RecordBatch,
+    guard: CommitProperties,
+) -> Result<(DeltaTable, Option<deltalake::arrow::datatypes::SchemaRef>)> {
+    let existing = convert::table_schema(&table)?;
+    let Some(stored) = &existing else { return Ok((table, existing)) };
+    let columns = widen::needed(stored, &batch.schema());
+    if columns.is_empty() {
+        return Ok((table, existing));
+    }
+    let table = widen::rewrite(table, name, &columns, guard).await?;
+    let existing = convert::table_schema(&table)?;
+    Ok((table, existing))
 }
 
 async fn append(
