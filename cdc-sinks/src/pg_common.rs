@@ -619,8 +619,19 @@ impl StateTables {
             let wanted = pg_type(column);
             match known.columns.get(&column.name) {
                 None => {
-                    let sql =
-                        format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} {wanted}", quote_ident(&column.name)?);
+                    // `ADD COLUMN ... DEFAULT v` at the source fills the rows
+                    // it holds without emitting events: so does this (the
+                    // Connect schema carries the default).
+                    let default = column
+                        .default
+                        .as_ref()
+                        .and_then(|value| pg_text(&column.data_type, value, false))
+                        .map(|text| format!(" DEFAULT {}::{wanted}", quote_literal(&text)))
+                        .unwrap_or_default();
+                    let sql = format!(
+                        "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} {wanted}{default}",
+                        quote_ident(&column.name)?
+                    );
                     tx.batch_execute(&sql).await.map_err(|e| sink_error(self.sink, &e))?;
                     changed.columns.insert(column.name.clone(), wanted);
                 }
