@@ -263,6 +263,13 @@ fn unexpected(value: &Value, arrow: &ArrowType) -> String {
     format!("value {value:?} does not fit {arrow}")
 }
 
+/// `values` of a column of `data_type` as an Arrow array (a column's
+/// default for rows written before the column existed, say).
+pub fn value_array(data_type: &DataType, values: &[&Value]) -> Result<ArrayRef, String> {
+    let arrow = arrow_type(data_type).unwrap_or_else(|| infer_dynamic(values));
+    build_array(data_type, &arrow, values)
+}
+
 /// Appends `values` (nulls for Null and Unavailable) as an array of `arrow`.
 fn build_array(data_type: &DataType, arrow: &ArrowType, values: &[&Value]) -> Result<ArrayRef, String> {
     macro_rules! build {

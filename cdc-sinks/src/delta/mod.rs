@@ -478,7 +478,7 @@ async fn apply_rows(
             retriable: false,
         });
     }
-    let (table, existing) = widen_if_needed(name, table, &batch, guard).await?;
+    let (table, existing) = reshape_if_needed(name, table, &schema, &batch, guard).await?;
     let source = convert::for_delta(name, &batch, existing.as_ref(), config.soft_delete)?;
     let source = convert::sort_by_key(&source, &key)?;
     let has_rows = table.version().is_some() && convert::has_files(&table)?;
@@ -498,22 +498,47 @@ async fn apply_rows(
     merge(config, table, source, &key, rows, properties, stats).await
 }
 
-/// Rewrites the table first when the batch's values need a wider column
-/// type than it has (see `widen`), in a commit guarded by `offsets_guard`;
-/// returns the table and its schema.
-async fn widen_if_needed(
+/// Rewrites the table first (see `widen`) when the batch's values need a
+/// wider column type than it has, or bring a new column with a default the
+/// existing rows must get; in a commit guarded by `offsets_guard`. Returns
+/// the table and its schema.
+async fn reshape_if_needed(
     name: &str,
     table: DeltaTable,
+    schema: &cdc_core::TableSchema,
     batch: &RecordBatch,
     guard: CommitProperties,
 ) -> Result<(DeltaTable, Option<deltalake::arrow::datatypes::SchemaRef>)> {
     let existing = convert::table_schema(&table)?;
     let Some(stored) = &existing else { return Ok((table, existing)) };
-    let columns = widen::needed(stored, &batch.schema());
-    if columns.is_empty() {
+    let mut change = widen::Rewrite { widen: widen::needed(stored, &batch.schema()), add: Vec::new() };
+    if convert::has_files(&table)? {
+        for field in schema.fields().iter().filter(|f| stored.field_with_name(&f.name).is_err()) {
+            let Some(default) = &field.default else { continue };
+            let raw = cdc_core::arrow::value_array(&field.data_type, &[default]).map_err(|message| Error::Sink {
+                sink: NAME.into(),
+                message: format!("table {name}: default of new column {}: {message}", field.name),
+                retriable: false,
+            })?;
+            let Some(arrow_field) = batch.schema().field_with_name(&field.name).ok().cloned() else { continue };
+            let one_row = RecordBatch::try_new(
+                std::sync::Arc::new(deltalake::arrow::datatypes::Schema::new(vec![arrow_field.with_nullable(true)])),
+                vec![raw],
+            )
+            .map_err(|e| Error::Sink { sink: NAME.into(), message: e.to_string(), retriable: false })?;
+            // The Delta type of the column, as the batch will write it.
+            let converted = convert::for_delta(name, &one_row, None, false)?;
+            if let (Ok(delta_field), Some(value)) =
+                (converted.schema().field_with_name(&field.name).cloned(), converted.column_by_name(&field.name))
+            {
+                change.add.push((delta_field, value.clone()));
+            }
+        }
+    }
+    if change.is_empty() {
         return Ok((table, existing));
     }
-    let table = widen::rewrite(table, name, &columns, guard).await?;
+    let table = widen::rewrite(table, name, &change, guard).await?;
     let existing = convert::table_schema(&table)?;
     Ok((table, existing))
 }

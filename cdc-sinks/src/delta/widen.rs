@@ -1,16 +1,18 @@
-//! Widening a column type without losing a value. delta-rs has no
-//! type-widening table feature, so a table whose column must now hold a
-//! wider type (int -> bigint, real -> double, numeric(p,s) -> numeric(p',s')
-//! keeping every digit) is rewritten with the wider type in one overwrite
-//! commit. Older versions stay readable (time travel) until vacuumed; the
-//! `txn` offsets are untouched (the batch's own commit follows).
+//! Schema changes Delta cannot make in place, made by rewriting the table in
+//! one overwrite commit: widening a column type without losing a value
+//! (delta-rs has no type-widening table feature: int -> bigint, real ->
+//! double, numeric(p,s) -> numeric(p',s') keeping every digit), and adding a
+//! column with the default PostgreSQL gave the rows that existed (`ADD
+//! COLUMN ... DEFAULT v` emits no events for them). Older versions stay
+//! readable (time travel) until vacuumed; the `txn` offsets are untouched
+//! (the batch's own commit follows).
 
 use std::sync::Arc;
 
 use cdc_core::{Error, Result};
 use deltalake::DeltaTable;
-use deltalake::arrow::array::RecordBatch;
-use deltalake::arrow::compute::cast;
+use deltalake::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use deltalake::arrow::compute::{cast, take};
 use deltalake::arrow::datatypes::{DataType, Field, Schema};
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::transaction::CommitProperties;
@@ -57,14 +59,30 @@ fn widens(from: &DataType, to: &DataType) -> bool {
     }
 }
 
-/// Rewrites `table` with `columns` cast to their wider types, in one commit
-/// with `properties` (which guard it against concurrent writers).
+/// What a rewrite changes.
+#[derive(Debug, Default)]
+pub struct Rewrite {
+    /// Columns cast to a wider type.
+    pub widen: Vec<(String, DataType)>,
+    /// Columns added, with the one-row value every existing row gets.
+    pub add: Vec<(Field, ArrayRef)>,
+}
+
+impl Rewrite {
+    pub fn is_empty(&self) -> bool {
+        self.widen.is_empty() && self.add.is_empty()
+    }
+}
+
+/// Rewrites `table` as `change` says, in one commit with `properties`
+/// (which guard it against concurrent writers).
 pub async fn rewrite(
     table: DeltaTable,
     name: &str,
-    columns: &[(String, DataType)],
+    change: &Rewrite,
     properties: CommitProperties,
 ) -> Result<DeltaTable> {
+    let columns = &change.widen;
     let ctx = SessionContext::new();
     time_travel::register(&ctx, "widened", &table).await?;
     let frame = ctx.table("widened").await.map_err(|e| df_error(&e))?;
@@ -80,11 +98,14 @@ pub async fn rewrite(
             None => field.clone(),
         }
     };
-    let schema = Arc::new(Schema::new(stored.fields().iter().map(|f| wider(f)).collect::<Vec<_>>()));
+    let mut fields: Vec<Field> = stored.fields().iter().map(|f| wider(f)).collect();
+    fields.extend(change.add.iter().map(|(field, _)| field.clone().with_nullable(true)));
+    let schema = Arc::new(Schema::new(fields));
     let mut rewritten = Vec::with_capacity(batches.len().max(1));
     for batch in &batches {
         let mut cast_columns = Vec::with_capacity(schema.fields().len());
-        for field in schema.fields() {
+        for field in stored.fields() {
+            let field = wider(field);
             let column = batch.column_by_name(field.name()).ok_or_else(|| Error::Sink {
                 sink: NAME.into(),
                 message: format!("table {name}: column {} missing while widening", field.name()),
@@ -92,14 +113,24 @@ pub async fn rewrite(
             })?;
             cast_columns.push(cast(column, field.data_type()).map_err(|e| widen_error(name, &e.to_string()))?);
         }
+        let every_row = UInt32Array::from(vec![0u32; batch.num_rows()]);
+        for (_, value) in &change.add {
+            cast_columns.push(take(value, &every_row, None).map_err(|e| widen_error(name, &e.to_string()))?);
+        }
         rewritten
             .push(RecordBatch::try_new(schema.clone(), cast_columns).map_err(|e| widen_error(name, &e.to_string()))?);
     }
     if rewritten.is_empty() {
         rewritten.push(RecordBatch::new_empty(schema.clone()));
     }
-    let described: Vec<String> = columns.iter().map(|(column, data_type)| format!("{column}: {data_type}")).collect();
-    tracing::info!(table = name, columns = %described.join(", "), "widening columns: rewriting the table");
+    let widened: Vec<String> = columns.iter().map(|(column, data_type)| format!("{column}: {data_type}")).collect();
+    let added: Vec<&str> = change.add.iter().map(|(field, _)| field.name().as_str()).collect();
+    tracing::info!(
+        table = name,
+        widened = %widened.join(", "),
+        added = %added.join(", "),
+        "schema change Delta cannot make in place: rewriting the table"
+    );
     table
         .write(rewritten)
         .with_save_mode(SaveMode::Overwrite)

@@ -648,3 +648,23 @@ async fn widened_columns_rewrite_the_table_with_the_wider_type() {
         }
     }
 }
+
+/// `ADD COLUMN loyalty_points integer DEFAULT 0` at the source fills the rows
+/// it holds without emitting events: the Delta table's existing rows get the
+/// default too (in the rewrite commit before the batch's), in whichever
+/// batch the column first arrives.
+#[tokio::test]
+async fn a_column_added_with_a_default_fills_the_existing_rows() {
+    for size in [9, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(&dir);
+        let mut sink = DeltaSink::new(config.clone());
+        apply_with_dead_letters(&mut sink, &batches(&customer_records(), size)).await;
+        let sql = "SELECT CAST(id AS VARCHAR) || '=' || COALESCE(CAST(loyalty_points AS VARCHAR), 'null') FROM customers \
+                   WHERE id IN (2, 3, 4, 6, 100) ORDER BY id";
+        let rows = time_travel::query(&config, sql, AsOf::Latest).await.unwrap();
+        let rendered: Vec<String> =
+            rows.iter().flat_map(|b| (0..b.num_rows()).map(move |i| text(b.column(0), i))).collect();
+        assert_eq!(rendered, ["2=0", "3=0", "4=0", "6=0", "100=0"], "batches of {size}");
+    }
+}
