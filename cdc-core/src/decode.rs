@@ -371,10 +371,13 @@ fn dynamic_field(name: &str) -> Field {
 
 /// A column whose type changed to one its readers cannot widen to is an error:
 /// the record goes to the dead-letter store rather than corrupting the table.
+/// A narrower type is not: it is an older schema version arriving after a
+/// newer one (from another partition), whose values the wider column holds.
 fn check_compatible(table: &str, old: &TableSchema, new: &TableSchema) -> Result<()> {
     for field in new.fields() {
         if let Some(previous) = old.field(&field.name)
             && !previous.data_type.can_widen_to(&field.data_type)
+            && !field.data_type.can_widen_to(&previous.data_type)
         {
             return Err(Error::Schema {
                 message: format!(

@@ -164,7 +164,8 @@ impl TableSchema {
     /// The same columns with another key (used when the key schema arrives
     /// separately from the value schema).
     /// Every column of `schemas` (versions of one table, newest first): a
-    /// column keeps its newest type; the key is the newest one's. A batch
+    /// column keeps its newest type, or a wider one an older version has
+    /// (versions read out of order); the key is the newest one's. A batch
     /// spanning a schema change is converted with it, each row giving its
     /// own values (null where its version lacks the column), so which
     /// batch an event lands in does not change what is written.
@@ -174,8 +175,15 @@ impl TableSchema {
         let mut fields = newest.fields.clone();
         for older in schemas {
             for field in older.fields() {
-                if !fields.iter().any(|f| f.name == field.name) {
-                    fields.push(field.clone());
+                match fields.iter_mut().find(|f| f.name == field.name) {
+                    None => fields.push(field.clone()),
+                    // Versions read out of order: the column takes the wider type.
+                    Some(chosen)
+                        if chosen.data_type != field.data_type && chosen.data_type.can_widen_to(&field.data_type) =>
+                    {
+                        *chosen = field.clone();
+                    }
+                    Some(_) => {}
                 }
             }
         }

@@ -11,7 +11,8 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use cdc_core::arrow::bit_string;
 use cdc_core::{
-    Batch, ChangeEvent, DataType, Error, Field, Offsets, Result, SqlVersion, TableChange, Value, supersedes_sql,
+    Batch, ChangeEvent, DataType, Error, Field, Offsets, Result, SqlVersion, TableChange, TableSchema, Value,
+    supersedes_sql,
 };
 use futures::pin_mut;
 use serde::Deserialize;
@@ -588,16 +589,12 @@ impl StateTables {
         table_name: &str,
         events: &[&ChangeEvent],
     ) -> Result<Vec<(Field, String)>> {
-        // Every column of every schema version in the batch; the newest wins.
-        let mut columns: Vec<Field> = Vec::new();
-        for event in events.iter().rev() {
-            for field in event.schema.fields() {
-                if !columns.iter().any(|c| c.name == field.name) {
-                    columns.push(field.clone());
-                }
-            }
-        }
+        // Every column of every schema version in the batch; the last wins,
+        // unless another version has it wider (versions read out of order).
         let Some(newest) = events.last().map(|e| &e.schema) else { return Ok(Vec::new()) };
+        let schema =
+            TableSchema::union(events.iter().rev().map(|e| &*e.schema)).map_err(|e| self.error(e.to_string()))?;
+        let mut columns: Vec<Field> = schema.fields().to_vec();
         let key: Vec<&str> = newest.key_names().collect();
         columns.sort_by_key(|c| !key.contains(&c.name.as_str()));
 
@@ -762,6 +759,7 @@ impl StateTables {
             ("_cdc_partition", Type::INT4),
             ("_cdc_offset", Type::INT8),
             ("_cdc_unavailable", Type::TEXT),
+            ("_cdc_missing", Type::TEXT),
         ] {
             // The order key compares byte-wise, like the table's column.
             let collate = if name == "_cdc_order" { " COLLATE \"C\"" } else { "" };
@@ -780,6 +778,8 @@ impl StateTables {
             .iter()
             .map(|(c, _)| c.source.as_ref().is_some_and(|s| s.type_name.eq_ignore_ascii_case("POINT")))
             .collect();
+        // Table columns some staged row's schema version lacks.
+        let mut missing_anywhere: Vec<&str> = Vec::new();
         for row in rows {
             let event = row.event;
             // Deletes stage their before-image (the key, or the whole row with
@@ -789,8 +789,15 @@ impl StateTables {
                 None => event.before.as_ref(),
             };
             let mut unavailable = Vec::new();
+            let mut missing = Vec::new();
             let mut cells = Vec::with_capacity(types.len());
             for ((column, _), &point) in columns.iter().zip(&points) {
+                if event.schema.index_of(&column.name).is_none() {
+                    missing.push(column.name.as_str());
+                    if !missing_anywhere.contains(&column.name.as_str()) {
+                        missing_anywhere.push(&column.name);
+                    }
+                }
                 let value = match (event.schema.index_of(&column.name), image) {
                     (Some(i), Some(image)) => image.get(i).unwrap_or(&null),
                     _ => &null,
@@ -802,11 +809,12 @@ impl StateTables {
             }
             let order = event.order.to_hex();
             let unavailable = (!unavailable.is_empty()).then(|| array_literal(&unavailable));
+            let missing = (!missing.is_empty()).then(|| array_literal(&missing));
             let op = event.op.code();
             let source_ts = event.source.ts_micros().map(Value::TimestampTz).unwrap_or(Value::Null);
             let mut params: Vec<&(dyn ToSql + Sync)> = cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
             let topic: &str = &event.position.topic;
-            let meta: [&(dyn ToSql + Sync); 9] = [
+            let meta: [&(dyn ToSql + Sync); 10] = [
                 &op,
                 &order,
                 &Cell { value: &source_ts, data_type: &DataType::TimestampTz, geometry_as_point: false },
@@ -816,6 +824,7 @@ impl StateTables {
                 &event.position.partition,
                 &event.position.offset,
                 &unavailable,
+                &missing,
             ];
             params.extend(meta);
             writer.as_mut().write(&params).await.map_err(|e| {
@@ -828,7 +837,24 @@ impl StateTables {
         }
         writer.finish().await.map_err(|e| sink_error(self.sink, &e))?;
 
-        let sql = self.apply_sql(table, &staging, columns, key_count)?;
+        let mut sql = self.apply_sql(table, &staging, columns, key_count)?;
+        // A column the event's schema version lacks takes the column's
+        // default (null without one): an event from before `ADD COLUMN ...
+        // DEFAULT v` (read late, from another partition) describes a row the
+        // source gave `v` when the column was added.
+        let key = columns.iter().take(key_count);
+        let key_match = key
+            .map(|(column, ty)| Ok(format!("t.{name} = s.{name}::{ty}", name = quote_ident(&column.name)?)))
+            .collect::<Result<Vec<_>>>()?
+            .join(" AND ");
+        for name in missing_anywhere {
+            sql.push_str(&format!(
+                "\nUPDATE {table} AS t SET {column} = DEFAULT FROM {staging} s WHERE {key_match} \
+                 AND s._cdc_missing::text[] @> ARRAY[{literal}] AND t._cdc_order = s._cdc_order;",
+                column = quote_ident(name)?,
+                literal = quote_literal(name),
+            ));
+        }
         tx.batch_execute(&sql).await.map_err(|e| sink_error(self.sink, &e))
     }
 

@@ -3,6 +3,7 @@
 
 #[cfg(feature = "delta")]
 mod delta;
+mod interleavings;
 mod pg_datalake;
 mod pg_target;
 mod schemas;
