@@ -165,6 +165,10 @@ pub fn rows_to_record_batch(
             .map(|(row, (event, image))| {
                 let value = match (event.schema.index_of(&field.name), image) {
                     (Some(i), Some(image)) => image.get(i).unwrap_or(&null),
+                    // The event's schema version lacks the column: it takes
+                    // the column's default, as PostgreSQL gave the rows that
+                    // existed when `ADD COLUMN ... DEFAULT v` ran.
+                    (None, Some(_)) => field.default.as_ref().unwrap_or(&null),
                     _ => &null,
                 };
                 if value.is_unavailable()

@@ -655,7 +655,7 @@ async fn widened_columns_rewrite_the_table_with_the_wider_type() {
 /// batch the column first arrives.
 #[tokio::test]
 async fn a_column_added_with_a_default_fills_the_existing_rows() {
-    for size in [9, 3] {
+    for size in [9, 3, 4, 100] {
         let dir = tempfile::tempdir().unwrap();
         let config = config(&dir);
         let mut sink = DeltaSink::new(config.clone());
