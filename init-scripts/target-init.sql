@@ -11,6 +11,7 @@ CREATE TABLE IF NOT EXISTS cdc_meta.offsets (
     kafka_offset    bigint  NOT NULL,
     updated_at      timestamp with time zone NOT NULL DEFAULT now(),
     kafka_cluster   text,   -- the Kafka cluster id the offset is an offset in
+    last_order      text COLLATE "C",   -- greatest order key applied from the partition
     PRIMARY KEY (consumer, topic, kafka_partition)
 );
 

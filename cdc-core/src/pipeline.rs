@@ -170,6 +170,8 @@ pub struct Pipeline {
     /// The Kafka cluster the records come from, stored with every batch's
     /// offsets and checked against what the sinks hold.
     cluster: Option<Arc<str>>,
+    /// Partitions per topic, where the source knows them; stamped on batches.
+    partition_counts: BTreeMap<Arc<str>, i32>,
     pending: Vec<Record>,
     /// Raw bytes of pending change events, by position, for dead letters.
     pending_raw: BTreeMap<Position, RawBytes>,
@@ -189,6 +191,7 @@ impl Pipeline {
             on_error: OnError::default(),
             reapply: false,
             cluster: None,
+            partition_counts: BTreeMap::new(),
             pending: Vec::new(),
             pending_raw: BTreeMap::new(),
             pending_bytes: 0,
@@ -224,6 +227,12 @@ impl Pipeline {
     /// offsets a sink stored for another cluster.
     pub fn set_cluster(&mut self, cluster: &str) {
         self.cluster = Some(Arc::from(cluster));
+    }
+
+    /// How many partitions each topic has (the Kafka source tells after an
+    /// assignment); sinks prune what every partition of a topic has passed.
+    pub fn set_partition_counts(&mut self, counts: BTreeMap<Arc<str>, i32>) {
+        self.partition_counts = counts;
     }
 
     /// The Kafka cluster the records come from, once known.
@@ -410,6 +419,7 @@ impl Pipeline {
         let mut batch = Batch::from_records(records);
         batch.reapply = self.reapply;
         batch.offsets.cluster.clone_from(&self.cluster);
+        batch.offsets.partition_counts.clone_from(&self.partition_counts);
         for i in 0..self.sinks.len() {
             self.apply_isolating(i, &batch, &raw).await?;
         }

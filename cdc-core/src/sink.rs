@@ -17,6 +17,9 @@ pub struct Offsets {
     /// another cluster (a new docker-compose stack, say) mean nothing here.
     /// `None` when unknown (a file replay, or stored before ids were kept).
     pub cluster: Option<Arc<str>>,
+    /// How many partitions each topic has, where known (from the Kafka
+    /// source): what every partition of a topic has passed can be pruned.
+    pub partition_counts: BTreeMap<Arc<str>, i32>,
 }
 
 impl Offsets {
@@ -26,7 +29,7 @@ impl Offsets {
 
     /// No offsets yet, in the same cluster as `self` (for a part of a batch).
     pub fn empty_like(&self) -> Offsets {
-        Offsets { cluster: self.cluster.clone(), ..Offsets::new() }
+        Offsets { cluster: self.cluster.clone(), partition_counts: self.partition_counts.clone(), ..Offsets::new() }
     }
 
     pub fn get(&self, topic: &str, partition: i32) -> Option<i64> {
@@ -58,6 +61,7 @@ impl Offsets {
         if other.cluster.is_some() {
             self.cluster.clone_from(&other.cluster);
         }
+        self.partition_counts.extend(other.partition_counts.iter().map(|(t, n)| (t.clone(), *n)));
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, i32, i64)> {

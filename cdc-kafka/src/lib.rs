@@ -531,6 +531,23 @@ impl KafkaSource {
                 _ => tracing::warn!("the Kafka cluster id is unknown; offsets are stored without it"),
             }
         }
+        let consumer = self.consumer.clone();
+        let subscribed = self.subscribed.clone();
+        let counts = tokio::task::spawn_blocking(move || {
+            let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).ok()?;
+            let counts: BTreeMap<Arc<str>, i32> = metadata
+                .topics()
+                .iter()
+                .filter(|t| subscribed.iter().any(|s| s == t.name()))
+                .map(|t| (Arc::from(t.name()), i32::try_from(t.partitions().len()).unwrap_or(i32::MAX)))
+                .collect();
+            Some(counts)
+        })
+        .await;
+        match counts {
+            Ok(Some(counts)) => pipeline.set_partition_counts(counts),
+            _ => tracing::debug!("partition counts unknown; nothing is pruned"),
+        }
         // Fails if a sink's offsets belong to another Kafka cluster.
         let held = pipeline.resume_offsets().await?;
         self.check_not_reset(&held, &assigned).await?;

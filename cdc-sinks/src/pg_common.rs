@@ -1000,6 +1000,7 @@ pub(crate) const OFFSETS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS cdc_meta; \
         kafka_offset bigint NOT NULL, updated_at timestamp with time zone NOT NULL DEFAULT now(), \
         PRIMARY KEY (consumer, topic, kafka_partition)); \
     ALTER TABLE cdc_meta.offsets ADD COLUMN IF NOT EXISTS kafka_cluster text; \
+    ALTER TABLE cdc_meta.offsets ADD COLUMN IF NOT EXISTS last_order text COLLATE \"C\"; \
     CREATE TABLE IF NOT EXISTS cdc_meta.deleted_keys (\
         table_name text NOT NULL, row_key text NOT NULL, order_key text COLLATE \"C\" NOT NULL, \
         PRIMARY KEY (table_name, row_key)); \
@@ -1063,10 +1064,21 @@ impl StoredOffsets {
         tables
     }
 
-    /// Stores `offsets` where they are beyond what is stored (never
-    /// backwards), with the cluster they are offsets in.
-    pub async fn write(&self, tx: &Transaction<'_>, sink: &str, offsets: &Offsets) -> Result<()> {
-        let (mut topics, mut partitions, mut positions) = (Vec::new(), Vec::new(), Vec::new());
+    /// Stores the batch's offsets where they are beyond what is stored
+    /// (never backwards), with the cluster they are offsets in and each
+    /// partition's greatest order key so far; then prunes the tombstones
+    /// every partition of their topic has passed.
+    pub async fn write(&self, tx: &Transaction<'_>, sink: &str, batch: &Batch) -> Result<()> {
+        let offsets = &batch.offsets;
+        let mut last_orders: BTreeMap<(&str, i32), String> = BTreeMap::new();
+        for event in &batch.events {
+            let hex = event.order.to_hex();
+            let slot = last_orders.entry((&event.position.topic, event.position.partition)).or_default();
+            if hex > *slot {
+                *slot = hex;
+            }
+        }
+        let (mut topics, mut partitions, mut positions, mut orders) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (topic, partition, offset) in offsets.iter() {
             if self.held.get(topic, partition).is_some_and(|held| held >= offset) {
                 continue;
@@ -1074,17 +1086,43 @@ impl StoredOffsets {
             topics.push(topic.to_owned());
             partitions.push(partition);
             positions.push(offset);
+            orders.push(last_orders.get(&(topic, partition)).cloned());
         }
         tx.execute(
-            "INSERT INTO cdc_meta.offsets (consumer, topic, kafka_partition, kafka_offset, kafka_cluster) \
-             SELECT $1, t.*, $5 FROM unnest($2::text[], $3::integer[], $4::bigint[]) AS t \
+            "INSERT INTO cdc_meta.offsets (consumer, topic, kafka_partition, kafka_offset, last_order, kafka_cluster) \
+             SELECT $1, t.*, $6 FROM unnest($2::text[], $3::integer[], $4::bigint[], $5::text[]) AS t \
              ON CONFLICT (consumer, topic, kafka_partition) DO UPDATE \
              SET kafka_offset = GREATEST(cdc_meta.offsets.kafka_offset, EXCLUDED.kafka_offset), \
+                 last_order = GREATEST(cdc_meta.offsets.last_order, EXCLUDED.last_order), \
                  kafka_cluster = COALESCE(EXCLUDED.kafka_cluster, cdc_meta.offsets.kafka_cluster), updated_at = now()",
-            &[&self.consumer, &topics, &partitions, &positions, &offsets.cluster.as_deref()],
+            &[&self.consumer, &topics, &partitions, &positions, &orders, &offsets.cluster.as_deref()],
         )
         .await
         .map_err(|e| sink_error(sink, &e))?;
+        self.prune_tombstones(tx, sink, offsets).await
+    }
+
+    /// A tombstone keeps an older event of its key, read late from another
+    /// partition, from bringing the row back. Once every partition of the
+    /// key's topic has applied events with greater order keys, no such event
+    /// is left to come: the tombstone goes. Only for topics whose partition
+    /// count the source told, and all of whose partitions this consumer holds.
+    async fn prune_tombstones(&self, tx: &Transaction<'_>, sink: &str, offsets: &Offsets) -> Result<()> {
+        for (topic, &count) in &offsets.partition_counts {
+            if offsets.iter().all(|(t, _, _)| t != &**topic) {
+                continue;
+            }
+            tx.execute(
+                &format!(
+                    "DELETE FROM {DELETED_KEYS} d WHERE d.row_key <> '' AND d._cdc_topic = $2 AND d.order_key < \
+                     (SELECT min(o.last_order) FROM cdc_meta.offsets o WHERE o.consumer = $1 AND o.topic = $2 \
+                      HAVING count(o.last_order) >= $3)"
+                ),
+                &[&self.consumer, &&**topic, &i64::from(count)],
+            )
+            .await
+            .map_err(|e| sink_error(sink, &e))?;
+        }
         Ok(())
     }
 }

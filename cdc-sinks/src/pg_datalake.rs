@@ -71,7 +71,7 @@ impl TransactionalSink for PgDatalakeSink {
         for events in tables.values() {
             self.processed.apply(&tx, events).await?;
         }
-        stored.write(&tx, NAME, &batch.offsets).await?;
+        stored.write(&tx, NAME, batch).await?;
         tx.commit().await.map_err(|e| sink_error(NAME, &e))?;
         self.ready = true;
         Ok(())

@@ -54,7 +54,7 @@ impl TransactionalSink for PgTargetSink {
         for events in stored.unapplied(batch).values() {
             self.tables.apply(&tx, events).await?;
         }
-        stored.write(&tx, NAME, &batch.offsets).await?;
+        stored.write(&tx, NAME, batch).await?;
         tx.commit().await.map_err(|e| sink_error(NAME, &e))
     }
 }

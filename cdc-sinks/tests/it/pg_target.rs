@@ -397,3 +397,38 @@ async fn widened_columns_are_altered_in_place() {
         }
     }
 }
+
+/// A delete's tombstone stays while some partition of its topic may still
+/// hold an older event of the key (here: one not consumed yet), and goes
+/// once every partition has applied newer events.
+#[tokio::test]
+async fn tombstones_go_once_every_partition_has_passed_them() {
+    let records = fixture_records("schemas");
+    let events = changes(&records);
+    let customers = |e: &&&cdc_core::ChangeEvent| e.source.table == "customers";
+    let delete = events.iter().filter(customers).find(|e| e.op == cdc_core::Op::Delete).expect("a customer delete");
+    let newer: Vec<&cdc_core::ChangeEvent> =
+        events.iter().filter(customers).filter(|e| e.order > delete.order && e.key != delete.key).copied().collect();
+    assert!(newer.len() >= 2, "two newer customer events");
+    for (partitions, pruned) in [(3, false), (2, true)] {
+        let url = fresh_database(&format!("sinks_target_prune_{partitions}")).await;
+        let batch = |events: Vec<cdc_core::ChangeEvent>| {
+            let mut offsets = Offsets::new();
+            for event in &events {
+                offsets.advance(&event.position);
+            }
+            offsets.partition_counts.insert("cdc.public.customers".into(), partitions);
+            Batch { events, offsets, reapply: false }
+        };
+        let mut target = sink(&url);
+        target.apply(&batch(vec![moved(delete, 0, 10)])).await.unwrap();
+        target.apply(&batch(vec![moved(newer[0], 0, 11), moved(newer[1], 1, 5)])).await.unwrap();
+        let mirror = connect(&url).await;
+        let left: i64 = mirror
+            .query_one("SELECT count(*) FROM cdc_meta.deleted_keys WHERE row_key <> ''", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, if pruned { 0 } else { 1 }, "{partitions} partitions");
+    }
+}
