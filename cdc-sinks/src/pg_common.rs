@@ -280,7 +280,7 @@ fn base_pg_type(data_type: &DataType, source: Option<&str>, length: Option<i64>)
 /// COLUMN ... TYPE`): a wider integer; `real` to `double precision`;
 /// `numeric(p,s)` to `numeric(p',s')` with p'-s' >= p-s and s' >= s, or to
 /// unconstrained `numeric` (integers too, when their digits fit); a longer
-/// `character varying`, or `text`; a longer `bit varying`.
+/// `character varying`; anything to `text`; a longer `bit varying`.
 fn widens(from: &str, to: &str) -> bool {
     use PgColumnType::*;
     match (PgColumnType::parse(from), PgColumnType::parse(to)) {
@@ -291,7 +291,8 @@ fn widens(from: &str, to: &str) -> bool {
         (Numeric(Some(_)), Numeric(None)) => true,
         (Numeric(Some((p, s))), Numeric(Some((p2, s2)))) => (p2 - s2 >= p - s && s2 >= s) && (p2, s2) != (p, s),
         (Varchar(Some(n)), Varchar(m)) => m.is_none_or(|m| m > n),
-        (Varchar(_) | Char(_), Text) => true,
+        // Any value has a text form (the rule before these families were known).
+        (_, Text) => true,
         (BitVarying(Some(n)), BitVarying(m)) => m.is_none_or(|m| m > n),
         _ => false,
     }
@@ -1214,6 +1215,7 @@ mod tests {
             ("numeric(12,2)", "numeric"),
             ("character varying(20)", "character varying(40)"),
             ("character varying(20)", "text"),
+            ("integer", "text"),
             ("character varying(20)", "character varying"),
             ("bit varying(5)", "bit varying"),
         ] {
