@@ -1006,7 +1006,8 @@ pub(crate) const OFFSETS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS cdc_meta; \
         table_name text NOT NULL, row_key text NOT NULL, order_key text COLLATE \"C\" NOT NULL, \
         PRIMARY KEY (table_name, row_key)); \
     ALTER TABLE cdc_meta.deleted_keys ADD COLUMN IF NOT EXISTS _cdc_topic text, \
-        ADD COLUMN IF NOT EXISTS _cdc_partition integer, ADD COLUMN IF NOT EXISTS _cdc_offset bigint";
+        ADD COLUMN IF NOT EXISTS _cdc_partition integer, ADD COLUMN IF NOT EXISTS _cdc_offset bigint; \
+    CREATE INDEX IF NOT EXISTS deleted_keys_by_topic ON cdc_meta.deleted_keys (_cdc_topic, order_key)";
 
 /// Where deleted keys are remembered.
 const DELETED_KEYS: &str = "cdc_meta.deleted_keys";
@@ -1108,6 +1109,7 @@ impl StoredOffsets {
     /// key's topic has applied events with greater order keys, no such event
     /// is left to come: the tombstone goes. Only for topics whose partition
     /// count the source told, and all of whose partitions this consumer holds.
+    /// Runs in every batch: `deleted_keys_by_topic` makes it a range scan.
     async fn prune_tombstones(&self, tx: &Transaction<'_>, sink: &str, offsets: &Offsets) -> Result<()> {
         for (topic, &count) in &offsets.partition_counts {
             if offsets.iter().all(|(t, _, _)| t != &**topic) {

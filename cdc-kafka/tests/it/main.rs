@@ -291,6 +291,18 @@ async fn shutdown_during_an_outage_is_bounded() {
     assert_eq!(summary.batches, 0, "nothing applied, nothing committed");
 }
 
+/// Runs a consumer into `sink` that must stop with an error within a minute.
+async fn run_to_error(config: &KafkaConfig, sink: &Recording) -> cdc_core::Error {
+    let mut pipeline = Pipeline::new(
+        Decoder::new(),
+        vec![Box::new(sink.clone())],
+        Box::new(cdc_core::pipeline::MemoryDeadLetters::default()),
+    );
+    let source = KafkaSource::new(config, &mut pipeline).await.unwrap();
+    let run = source.run_until(&mut pipeline, std::future::pending::<()>(), Some(Duration::from_secs(3)));
+    tokio::time::timeout(Duration::from_secs(60), run).await.expect("stopped").unwrap_err()
+}
+
 /// The sinks hold offsets beyond a partition's end (the topics were
 /// recreated, or this is another cluster): the consumer stops with an error
 /// naming the partition instead of skipping every record up to them.
@@ -301,16 +313,7 @@ async fn sinks_ahead_of_a_recreated_topic_stop_the_consumer() {
     publisher.send_all(&records[..20]).await.unwrap();
     let sink = Recording::default();
     sink.state.lock().unwrap().0.offsets.set("cdc.public.customers".into(), 0, 5_000);
-    let config = KafkaConfig::new(&brokers, "cdc-test-reset");
-    let mut pipeline = Pipeline::new(
-        Decoder::new(),
-        vec![Box::new(sink.clone())],
-        Box::new(cdc_core::pipeline::MemoryDeadLetters::default()),
-    );
-    let source = KafkaSource::new(&config, &mut pipeline).await.unwrap();
-    let run = source.run_until(&mut pipeline, std::future::pending::<()>(), Some(Duration::from_secs(3)));
-    let error = tokio::time::timeout(Duration::from_secs(60), run).await.expect("stopped").unwrap_err();
-    let message = error.to_string();
+    let message = run_to_error(&KafkaConfig::new(&brokers, "cdc-test-reset"), &sink).await.to_string();
     assert!(message.contains("cdc.public.customers[0]") && message.contains("5000"), "{message}");
     assert!(sink.state.lock().unwrap().1.iter().all(|p| &*p.topic != "cdc.public.customers"), "nothing of it applied");
 }
@@ -335,15 +338,7 @@ async fn offsets_of_another_kafka_cluster_stop_the_consumer() {
     let applied_before = sink.state.lock().unwrap().1.len();
     let mut config = KafkaConfig::new(&brokers, "cdc-test");
     config.progress_secs = 1;
-    let mut pipeline = Pipeline::new(
-        Decoder::new(),
-        vec![Box::new(sink.clone())],
-        Box::new(cdc_core::pipeline::MemoryDeadLetters::default()),
-    );
-    let source = KafkaSource::new(&config, &mut pipeline).await.unwrap();
-    let run = source.run_until(&mut pipeline, std::future::pending::<()>(), Some(Duration::from_secs(3)));
-    let error = tokio::time::timeout(Duration::from_secs(60), run).await.expect("stopped").unwrap_err();
-    let message = error.to_string();
+    let message = run_to_error(&config, &sink).await.to_string();
     assert!(message.contains(&*stored) && message.contains("new consumer name"), "{message}");
     assert_eq!(sink.state.lock().unwrap().1.len(), applied_before, "nothing of the new cluster applied");
 }

@@ -322,14 +322,19 @@ fn offsets_commit(
         .collect();
     let mut cumulative = held.clone();
     cumulative.merge(this_commit);
-    let listed: Vec<(String, i32, i64)> = cumulative.iter().map(|(t, p, o)| (t.to_owned(), p, o)).collect();
-    let mut metadata = vec![(OFFSETS_METADATA.to_owned(), serde_json::json!(listed))];
+    let mut metadata = vec![offsets_metadata(&cumulative)];
     if let Some(cluster) = &cumulative.cluster {
         metadata.push((CLUSTER_METADATA.to_owned(), serde_json::json!(cluster)));
     }
     metadata.extend(extra.map(|(key, value)| (key.to_owned(), value)));
     let properties = CommitProperties::default().with_application_transactions(txns).with_metadata(metadata);
     (properties, cumulative)
+}
+
+/// `cdc.offsets`: every offset the table holds once the commit lands.
+fn offsets_metadata(held: &Offsets) -> (String, serde_json::Value) {
+    let listed: Vec<(String, i32, i64)> = held.iter().map(|(t, p, o)| (t.to_owned(), p, o)).collect();
+    (OFFSETS_METADATA.to_owned(), serde_json::json!(listed))
 }
 
 /// Properties for a commit that moves no offset but must lose to any
@@ -346,9 +351,7 @@ fn offsets_guard(config: &DeltaConfig, held: &Offsets, partitions: &Offsets) -> 
             Some(Transaction::new_with_last_update(config.app_id(topic, partition), version, Some(now)))
         })
         .collect();
-    let listed: Vec<(String, i32, i64)> = held.iter().map(|(t, p, o)| (t.to_owned(), p, o)).collect();
-    let metadata = [(OFFSETS_METADATA.to_owned(), serde_json::json!(listed))];
-    CommitProperties::default().with_application_transactions(txns).with_metadata(metadata)
+    CommitProperties::default().with_application_transactions(txns).with_metadata([offsets_metadata(held)])
 }
 
 /// Applies one table's pending events: truncates in their own commits, runs

@@ -627,11 +627,7 @@ async fn widened_columns_rewrite_the_table_with_the_wider_type() {
         let dir = tempfile::tempdir().unwrap();
         let config = config(&dir);
         let (records, (amount, status)) = cdc_core::testing::widening_changes();
-        let batches: Vec<Batch> = if one_per_record {
-            records.into_iter().map(|r| Batch::from_records([r])).collect()
-        } else {
-            vec![Batch::from_records(records)]
-        };
+        let batches = batches(&records, if one_per_record { 1 } else { records.len() });
         let mut sink = DeltaSink::new(config.clone());
         for batch in &batches {
             sink.apply(batch).await.unwrap();

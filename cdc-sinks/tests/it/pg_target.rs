@@ -380,11 +380,7 @@ async fn widened_columns_are_altered_in_place() {
     for one_per_record in [false, true] {
         let url = fresh_database(&format!("sinks_target_widening_{one_per_record}")).await;
         let (records, (amount, status)) = cdc_core::testing::widening_changes();
-        let batches: Vec<Batch> = if one_per_record {
-            records.into_iter().map(|r| Batch::from_records([r])).collect()
-        } else {
-            vec![Batch::from_records(records)]
-        };
+        let batches = batches(&records, if one_per_record { 1 } else { records.len() });
         apply_all(&mut sink(&url), &batches).await;
         let mirror = connect(&url).await;
         let row = mirror.query_one("SELECT total_amount::text, status FROM public.orders", &[]).await.unwrap();

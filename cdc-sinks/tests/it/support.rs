@@ -184,10 +184,5 @@ pub fn moved(event: &ChangeEvent, partition: i32, offset: i64) -> ChangeEvent {
 /// decide).
 pub fn snapshot_edge_batches(one_per_record: bool) -> (Vec<Batch>, Vec<(i64, &'static str)>) {
     let (records, expected) = cdc_core::testing::snapshot_edges();
-    let batches = if one_per_record {
-        records.into_iter().map(|r| Batch::from_records([r])).collect()
-    } else {
-        vec![Batch::from_records(records)]
-    };
-    (batches, expected)
+    (batches(&records, if one_per_record { 1 } else { records.len() }), expected)
 }
