@@ -61,10 +61,7 @@ async fn main() -> anyhow::Result<()> {
         Some(suffix) => Box::new(KafkaDeadLetters::new(&config.kafka, suffix)?),
         None => Box::new(MemoryDeadLetters::default()),
     };
-    let mut pipeline = Pipeline::new(Decoder::new().keep_raw_json(true), config.sinks(), dead_letters)
-        .with_policy(config.batch.clone())
-        .with_retry(config.retry.clone())
-        .with_on_error(config.on_error);
+    let mut pipeline = config.pipeline(dead_letters);
     config.kafka.progress_secs = config.kafka.progress_secs.max(1);
     let source = KafkaSource::new(&config.kafka, &mut pipeline).await?;
     let idle = (args.stop_when_idle_secs > 0).then(|| Duration::from_secs(args.stop_when_idle_secs));

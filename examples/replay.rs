@@ -18,9 +18,7 @@
 mod config;
 
 use anyhow::{Context, bail};
-use cdc_lakehouse::core::Decoder;
 use cdc_lakehouse::core::jsonl::{self, JsonlDeadLetters};
-use cdc_lakehouse::core::pipeline::Pipeline;
 use cdc_lakehouse::sinks::PgUrl;
 use clap::Parser;
 use config::Config;
@@ -35,6 +33,11 @@ struct Args {
     /// settings. Without it, only the sinks given below are used.
     #[arg(long)]
     config: Option<std::path::PathBuf>,
+    /// The source database, whose catalog types schemaless records
+    /// (`value.converter.schemas.enable=false`); `[source] schema_url` in
+    /// the configuration, or CDC_SOURCE_SCHEMA_URL.
+    #[arg(long)]
+    source_schema_url: Option<String>,
     /// Delta tables root.
     #[arg(long)]
     delta_root: Option<String>,
@@ -85,18 +88,16 @@ async fn main() -> anyhow::Result<()> {
             section.settings.url = PgUrl::new(url.as_str());
         }
     }
-    let sinks = config.sinks();
-    if sinks.is_empty() {
+    if let Some(url) = &args.source_schema_url {
+        config.source.schema_url = Some(PgUrl::new(url.as_str()));
+    }
+    if !(config.delta.enabled || config.target.enabled || config.datalake.enabled) {
         bail!("give at least one sink: --delta-root, --target-url, --datalake-url or --config");
     }
     // A file has no latency: batches close by size only.
     config.batch.max_latency_ms = u64::MAX;
     let dead_letters = Box::new(JsonlDeadLetters::new(&args.dead_letters));
-    let mut pipeline = Pipeline::new(Decoder::new().keep_raw_json(true), sinks, dead_letters)
-        .with_policy(config.batch.clone())
-        .with_retry(config.retry.clone())
-        .with_on_error(config.on_error)
-        .with_reapply(args.reapply);
+    let mut pipeline = config.pipeline(dead_letters).with_reapply(args.reapply);
     let summary = match args.input.as_str() {
         "-" => jsonl::replay(std::io::stdin().lock(), "stdin", &mut pipeline).await?,
         path => {

@@ -146,7 +146,7 @@ mod tests {
 
     /// Decodes schemaless events of table `t` (key `id`, column `big`).
     fn events(specs: &[(&str, i64, Option<&str>, i64)]) -> Vec<ChangeEvent> {
-        let mut decoder = Decoder::new();
+        let mut decoder = Decoder::new().type_by_json_shape(true);
         specs
             .iter()
             .enumerate()

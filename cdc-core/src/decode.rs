@@ -60,10 +60,16 @@ impl RawRecord<'_> {
 /// (`schemas.enable=true`) or without schemas.
 ///
 /// Without schemas, column types come from a schema given to
-/// [`register_schema`](Decoder::register_schema) or learnt from an earlier
-/// record of the same table that had one; otherwise from the JSON shape
-/// ([`DataType::Dynamic`]: integers, floats, booleans, strings, lists; decimals
-/// stay base64 text, timestamps stay integers).
+/// [`register_schema`](Decoder::register_schema) (the pipeline registers the
+/// source catalog's, see [`crate::catalog`]) or learnt from an earlier
+/// record of the same table that had one. A column of no known type is an
+/// [`Error::Untyped`]: its value's meaning is unknown (`"ATo="` may be the
+/// numeric 3.14, an integer a timestamp), so it is not guessed, unless
+/// [`type_by_json_shape`](Decoder::type_by_json_shape) asks for the JSON shape
+/// ([`DataType::Dynamic`]: decimals stay base64 text, timestamps integers).
+/// A schemaless event's schema holds the columns its JSON has, as a record
+/// with a schema would: a column the source added later is not in the
+/// events written before it.
 #[derive(Default)]
 pub struct Decoder {
     /// Keep each change event's JSON text ([`ChangeEvent::raw`]).
@@ -74,6 +80,11 @@ pub struct Decoder {
     key_schemas: HashMap<Box<str>, Arc<[String]>>,
     /// `schema.table` -> the latest schema seen or registered.
     tables: HashMap<String, SchemaRef>,
+    /// Type schemaless columns of unknown type by their JSON shape.
+    json_shape: bool,
+    /// `schema.table` -> schemas of schemaless events holding only some
+    /// columns of the table's schema: (columns present, table schema, event schema).
+    projections: HashMap<String, Vec<(Vec<bool>, SchemaRef, SchemaRef)>>,
     buffer: Vec<Record>,
 }
 
@@ -94,6 +105,15 @@ impl Decoder {
     /// by default: it copies those bytes.
     pub fn keep_raw_json(mut self, keep: bool) -> Decoder {
         self.keep_raw_json = keep;
+        self
+    }
+
+    /// Types schemaless columns of unknown type by their JSON shape instead
+    /// of refusing the record ([`Error::Untyped`]): integers, floats,
+    /// booleans, strings, lists. Decimals then stay base64 text and
+    /// timestamps integers; for sources that are not a relational database.
+    pub fn type_by_json_shape(mut self, on: bool) -> Decoder {
+        self.json_shape = on;
         self
     }
 
@@ -178,40 +198,76 @@ impl Decoder {
             }
             _ => (None, None),
         };
-        let mut schema = match schema_text {
-            Some(text) => self
-                .schema_from_text(text, key_names.as_ref(), &table)
-                .map_err(|e| Error::RecordSchema { position: position.clone(), source: Box::new(e) })?,
-            None => self.schemaless_schema(&table, key_names.as_ref(), &fail)?,
-        };
+        let mut schema =
+            match schema_text {
+                Some(text) => self
+                    .schema_from_text(text, key_names.as_ref(), &table)
+                    .map_err(|e| Error::RecordSchema { position: position.clone(), source: Box::new(e) })?,
+                None => self.schemaless_schema(&table, key_names.as_ref(), &fail)?.map_err(|column| {
+                    Error::Untyped { position: position.clone(), field: "key".into(), table: table.clone(), column }
+                })?,
+            };
 
         let mut before = None;
         let mut after = None;
-        let schemaless = schema_text.is_none();
+        let schemaless = schema_text.is_none().then_some(Schemaless { json_shape: self.json_shape });
+        let mut present = Vec::new();
         for (name, raw, image) in [("before", envelope.before, &mut before), ("after", envelope.after, &mut after)] {
             let Some(raw) = raw else { continue };
-            let (row, extra) = loop {
+            let decoded = loop {
                 match decode_row(raw.get(), &schema, schemaless) {
                     Ok(decoded) => break decoded,
                     // A schemaless record cannot announce that a column was
                     // widened (int -> bigint): widen the known type and retry.
-                    Err((Some(field), _)) if schemaless && let Some(wider) = self.widen(&table, &schema, &field) => {
+                    Err(RowError::Value { field: Some(field), .. })
+                        if schemaless.is_some()
+                            && let Some(wider) = self.widen(&table, &schema, &field) =>
+                    {
                         schema = wider;
                     }
-                    Err((field, message)) => {
+                    Err(RowError::Untyped(column)) => {
+                        let field = format!("{prefix}{name}.{column}");
+                        return Err(Error::Untyped { position, field, table, column });
+                    }
+                    Err(RowError::Value { field, message }) => {
                         let path = field.map(|f| format!(".{f}")).unwrap_or_default();
                         return Err(fail(Some(&format!("{prefix}{name}{path}")), message));
                     }
                 }
             };
-            if !extra.is_empty() {
-                schema = self.extend_schema(&table, &schema, &extra);
+            if !decoded.extra.is_empty() {
+                schema = self.extend_schema(&table, &schema, &decoded.extra);
             }
-            *image = Some(row);
+            let seen = decoded.present.iter().copied().chain(decoded.extra.iter().map(|_| true));
+            for (i, seen) in seen.enumerate() {
+                if present.len() <= i {
+                    present.resize(i + 1, false);
+                }
+                if let Some(slot) = present.get_mut(i) {
+                    *slot |= seen;
+                }
+            }
+            *image = Some(decoded.values);
         }
         // Rows decoded before the schema grew lack the new columns.
         for row in [&mut before, &mut after].into_iter().flatten() {
             row.resize(schema.fields().len(), Value::Null);
+        }
+        if schemaless.is_some() {
+            present.resize(schema.fields().len(), false);
+            for &i in schema.key_indices() {
+                if let Some(slot) = present.get_mut(i) {
+                    *slot = true;
+                }
+            }
+            if present.iter().any(|seen| !seen) {
+                let projected = self.projection(&table, &schema, &present).map_err(|e| fail(None, e.to_string()))?;
+                for row in [&mut before, &mut after].into_iter().flatten() {
+                    let mut seen = present.iter();
+                    row.retain(|_| seen.next().copied().unwrap_or(false));
+                }
+                schema = projected;
+            }
         }
         if op == Op::Delete
             && let Some(image) = before.as_mut()
@@ -310,33 +366,56 @@ impl Decoder {
         Ok(schema)
     }
 
+    /// The schema a schemaless record of `table` is decoded with; `Err`
+    /// names a key column of no known type.
     fn schemaless_schema(
         &mut self,
         table: &str,
         key: Option<&Arc<[String]>>,
         fail: &impl Fn(Option<&str>, String) -> Error,
-    ) -> Result<SchemaRef> {
+    ) -> Result<Result<SchemaRef, String>, Error> {
         let known = self.tables.get(table).cloned();
         let schema = match known {
             Some(schema) => schema,
             None => Arc::new(TableSchema::new(Vec::new(), &[])?),
         };
-        let Some(key) = key else { return Ok(schema) };
+        let Some(key) = key else { return Ok(Ok(schema)) };
         if schema.key_names().eq(key.iter().map(String::as_str)) {
-            return Ok(schema);
+            return Ok(Ok(schema));
         }
-        // Key columns unknown so far are added as shape-typed columns, so that
-        // the key resolves; their values come from the row image.
+        // Key columns unknown so far are added as shape-typed columns (when
+        // asked for), so that the key resolves; their values come from the row image.
         let mut fields = schema.fields().to_vec();
         for name in key.iter() {
             if schema.index_of(name).is_none() {
+                if !self.json_shape {
+                    return Ok(Err(name.clone()));
+                }
                 fields.push(dynamic_field(name));
             }
         }
         let key_refs: Vec<&str> = key.iter().map(String::as_str).collect();
         let schema = Arc::new(TableSchema::new(fields, &key_refs).map_err(|e| fail(Some("key"), e.to_string()))?);
         self.tables.insert(table.to_owned(), schema.clone());
-        Ok(schema)
+        Ok(Ok(schema))
+    }
+
+    /// The schema of `table`'s columns marked in `present`, cached.
+    fn projection(&mut self, table: &str, schema: &SchemaRef, present: &[bool]) -> Result<SchemaRef> {
+        let cached = self.projections.entry(table.to_owned()).or_default();
+        if let Some((_, _, projected)) =
+            cached.iter().find(|(mask, whole, _)| mask.as_slice() == present && Arc::ptr_eq(whole, schema))
+        {
+            return Ok(projected.clone());
+        }
+        let fields: Vec<Field> =
+            schema.fields().iter().zip(present).filter(|(_, seen)| **seen).map(|(f, _)| f.clone()).collect();
+        let key: Vec<&str> = schema.key_names().collect();
+        let projected = Arc::new(TableSchema::new(fields, &key)?);
+        // Schemas replaced since (widened, registered) are dropped with their projections.
+        cached.retain(|(_, whole, _)| Arc::ptr_eq(whole, schema));
+        cached.push((present.to_vec(), schema.clone(), projected.clone()));
+        Ok(projected)
     }
 
     /// The schema with column `name` widened to the next wider type, if any.
@@ -590,29 +669,50 @@ impl<'de> Deserialize<'de> for KeyNames {
     }
 }
 
-/// Decodes a row image into values aligned with `schema`. Columns the schema
-/// lacks are an error with a Connect schema; schemaless, they are decoded by
-/// their JSON shape and returned by name so the caller can grow the schema.
-/// Errors carry the failing column's name, when one failed.
-/// A failed row: the column that failed (if one did) and why.
-type RowError = (Option<String>, String);
+/// How a schemaless record's columns the schema lacks are treated.
+#[derive(Clone, Copy)]
+struct Schemaless {
+    /// Typed by their JSON shape (and returned by name so the caller can
+    /// grow the schema); otherwise refused as untyped.
+    json_shape: bool,
+}
 
-fn decode_row(json: &str, schema: &TableSchema, schemaless: bool) -> std::result::Result<DecodedRow, RowError> {
-    let failed_field = RefCell::new(None);
-    let mut de = serde_json::Deserializer::from_str(json);
-    let seed = RowSeed { schema, schemaless, failed_field: &failed_field };
-    let result = seed.deserialize(&mut de).and_then(|row| de.end().map(|()| row));
-    result.map_err(|e| (failed_field.take(), e.to_string()))
+/// Why a row image could not be decoded.
+enum RowError {
+    /// A schemaless record's column of no known type.
+    Untyped(String),
+    /// A value that does not fit its column (named when one failed).
+    Value { field: Option<String>, message: String },
 }
 
 /// A row's values, aligned with the schema, then values of the columns the
-/// schema lacks (schemaless only), named in `extra`.
-type DecodedRow = (Vec<Value>, Vec<String>);
+/// schema lacks (schemaless JSON-shape typing only), named in `extra`.
+struct DecodedRow {
+    values: Vec<Value>,
+    extra: Vec<String>,
+    /// Which of the schema's columns the JSON had.
+    present: Vec<bool>,
+}
+
+/// Decodes a row image into values aligned with `schema`. Columns the schema
+/// lacks are an error with a Connect schema; schemaless, see [`Schemaless`].
+fn decode_row(json: &str, schema: &TableSchema, schemaless: Option<Schemaless>) -> Result<DecodedRow, RowError> {
+    let failed_field = RefCell::new(None);
+    let untyped = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_str(json);
+    let seed = RowSeed { schema, schemaless, failed_field: &failed_field, untyped: &untyped };
+    let result = seed.deserialize(&mut de).and_then(|row| de.end().map(|()| row));
+    result.map_err(|e| match untyped.take() {
+        Some(column) => RowError::Untyped(column),
+        None => RowError::Value { field: failed_field.take(), message: e.to_string() },
+    })
+}
 
 struct RowSeed<'s> {
     schema: &'s TableSchema,
-    schemaless: bool,
+    schemaless: Option<Schemaless>,
     failed_field: &'s RefCell<Option<String>>,
+    untyped: &'s RefCell<Option<String>>,
 }
 
 impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
@@ -642,7 +742,13 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
                     Some(field) => (Some(i), &field.data_type, None),
                     None => return Err(de::Error::custom("column index beyond the record's schema")),
                 },
-                FieldKey::Unknown(name) if self.schemaless => (None, &DataType::Dynamic, Some(name)),
+                FieldKey::Unknown(name) if self.schemaless.is_some_and(|s| s.json_shape) => {
+                    (None, &DataType::Dynamic, Some(name))
+                }
+                FieldKey::Unknown(name) if self.schemaless.is_some() => {
+                    *self.untyped.borrow_mut() = Some(name);
+                    return Err(de::Error::custom("column of no known type"));
+                }
                 FieldKey::Unknown(name) => {
                     *self.failed_field.borrow_mut() = Some(name);
                     return Err(de::Error::custom("column is not in the record's schema"));
@@ -669,14 +775,14 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
         // Kafka Connect's own converter rejects a record whose payload lacks
         // a field its schema declares required; so do we, rather than apply
         // NULL where the source cannot hold one.
-        if !self.schemaless
+        if self.schemaless.is_none()
             && let Some((field, _)) = fields.iter().zip(&present).find(|(f, seen)| !f.nullable && !**seen)
         {
             *self.failed_field.borrow_mut() = Some(field.name.clone());
             return Err(de::Error::custom("required column (optional: false in the schema) is missing"));
         }
         row.extend(extra_values);
-        Ok((row, extra_names))
+        Ok(DecodedRow { values: row, extra: extra_names, present })
     }
 }
 

@@ -45,6 +45,18 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// A schemaless record carries a column whose type is known neither from
+    /// an earlier record's schema, nor from the source's catalog, nor from
+    /// the sinks: its value's meaning is unknown (`"ATo="` may be the numeric
+    /// 3.14), so it is not written.
+    #[error(
+        "cannot decode record {position} field `{field}`: column `{column}` of `{table}` has no known type \
+         (the record has no Connect schema). Either set `source_schema_url` (CDC_SOURCE_SCHEMA_URL) to the \
+         source database so column types are read from its catalog, or enable schemas in the connector's \
+         converter (value.converter.schemas.enable=true)"
+    )]
+    Untyped { position: Position, field: String, table: String, column: String },
+
     /// Rows that cannot be converted to Arrow (a value that does not fit its column).
     #[error("cannot convert table `{table}` column `{column}` to Arrow: {message}")]
     Arrow { table: String, column: String, message: String },
@@ -91,7 +103,9 @@ impl Error {
     /// The record this error is about, if it is about one record.
     pub fn position(&self) -> Option<&Position> {
         match self {
-            Error::Decode { position, .. } | Error::RecordSchema { position, .. } => Some(position),
+            Error::Decode { position, .. } | Error::RecordSchema { position, .. } | Error::Untyped { position, .. } => {
+                Some(position)
+            }
             _ => None,
         }
     }

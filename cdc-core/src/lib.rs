@@ -34,6 +34,7 @@
 //! | `test-utils` | [`MemorySink`](memory::MemorySink), an in-memory sink, and [`testing`] fixture helpers |
 
 pub mod arrow;
+pub mod catalog;
 mod collapse;
 mod decode;
 mod error;

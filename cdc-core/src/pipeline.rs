@@ -2,13 +2,14 @@
 //! poison records, report the offsets that are safe to commit. The Kafka
 //! consumer, the replay tool and the tests drive this same code.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::Deserialize;
 
+use crate::catalog::SchemaCatalog;
 use crate::decode::{Decoder, RawRecord};
 use crate::error::{Error, Position, Result};
 use crate::event::{ChangeEvent, Record};
@@ -172,6 +173,11 @@ pub struct Pipeline {
     cluster: Option<Arc<str>>,
     /// Partitions per topic, where the source knows them; stamped on batches.
     partition_counts: BTreeMap<Arc<str>, i32>,
+    /// Where column types of schemaless records come from, asked in order.
+    catalogs: Vec<Box<dyn SchemaCatalog>>,
+    /// (table, column) a catalog was asked for and did not know, and when:
+    /// not asked again for every record that carries it.
+    untyped_misses: HashMap<(String, String), Instant>,
     pending: Vec<Record>,
     /// Raw bytes of pending change events, by position, for dead letters.
     pending_raw: BTreeMap<Position, RawBytes>,
@@ -192,6 +198,8 @@ impl Pipeline {
             reapply: false,
             cluster: None,
             partition_counts: BTreeMap::new(),
+            catalogs: Vec::new(),
+            untyped_misses: HashMap::new(),
             pending: Vec::new(),
             pending_raw: BTreeMap::new(),
             pending_bytes: 0,
@@ -202,6 +210,14 @@ impl Pipeline {
 
     pub fn with_policy(mut self, policy: BatchPolicy) -> Pipeline {
         self.policy = policy;
+        self
+    }
+
+    /// Adds a source of column types for schemaless records (the source
+    /// database's catalog): asked when a record carries a column of no known
+    /// type, before the record is refused as [`Error::Untyped`].
+    pub fn with_catalog(mut self, catalog: Box<dyn SchemaCatalog>) -> Pipeline {
+        self.catalogs.push(catalog);
         self
     }
 
@@ -339,7 +355,13 @@ impl Pipeline {
         self.batch_started.get_or_insert_with(Instant::now);
         self.pending_bytes += record.key.map_or(0, <[u8]>::len) + record.value.map_or(0, <[u8]>::len);
         self.stats.records += 1;
-        match self.decoder.decode(record) {
+        let mut decoded = self.decoder.decode(record);
+        if let Err(Error::Untyped { table, column, .. }) = &decoded
+            && self.learn_types(&table.clone(), &column.clone()).await?
+        {
+            decoded = self.decoder.decode(record);
+        }
+        match decoded {
             Ok(decoded) => {
                 if matches!(decoded, Record::Change(_)) {
                     self.pending_raw
@@ -350,6 +372,42 @@ impl Pipeline {
             }
             Err(error) => self.dead_letter_record(record, error).await,
         }
+    }
+
+    /// Asks the catalogs for the column types of `table`, for a record
+    /// carrying `column`; whether one knew the table (its schema is then
+    /// registered with the decoder). A catalog that cannot be reached is
+    /// retried a few times, then the error stops the pipeline: the record is
+    /// fine, only its types are missing.
+    async fn learn_types(&mut self, table: &str, column: &str) -> Result<bool> {
+        const MISS_REMEMBERED: Duration = Duration::from_secs(60);
+        const ATTEMPTS: u32 = 5;
+        let miss = (table.to_owned(), column.to_owned());
+        if self.untyped_misses.get(&miss).is_some_and(|at| at.elapsed() < MISS_REMEMBERED) {
+            return Ok(false);
+        }
+        for catalog in &self.catalogs {
+            let mut attempt = 0;
+            let schema = loop {
+                attempt += 1;
+                match catalog.table_schema(table).await {
+                    Err(error) if error.is_outage() && attempt < ATTEMPTS => {
+                        let wait = self.retry.wait_after(attempt).unwrap_or(Duration::from_secs(1));
+                        tracing::warn!(%error, catalog = catalog.name(), table, "catalog unreachable; retrying");
+                        tokio::time::sleep(wait).await;
+                    }
+                    other => break other?,
+                }
+            };
+            if let Some(schema) = schema.filter(|s| s.index_of(column).is_some()) {
+                tracing::info!(catalog = catalog.name(), table, column, "column types read from the catalog");
+                self.decoder.register_schema(table, schema);
+                self.untyped_misses.retain(|(t, _), _| t != table);
+                return Ok(true);
+            }
+        }
+        self.untyped_misses.insert(miss, Instant::now());
+        Ok(false)
     }
 
     /// Takes a record that cannot be read (decoding failed, or a caller's own

@@ -94,6 +94,24 @@ impl Decimal {
         Some(Decimal { unscaled, scale })
     }
 
+    /// Parses plain decimal text (`-12.50`, `7`); `None` for anything else
+    /// or more than 38 digits.
+    pub fn parse(text: &str) -> Option<Decimal> {
+        let (negative, digits) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+        if whole.is_empty() && fraction.is_empty()
+            || !(whole.chars().chain(fraction.chars())).all(|c| c.is_ascii_digit())
+        {
+            return None;
+        }
+        let unscaled: i128 = format!("{whole}{fraction}").parse().ok()?;
+        let scale = i32::try_from(fraction.len()).ok()?;
+        Some(Decimal { unscaled: if negative { -unscaled } else { unscaled }, scale })
+    }
+
     /// Number of significant digits of the unscaled value.
     pub fn digits(self) -> u32 {
         let mut n = self.unscaled.unsigned_abs();
@@ -228,6 +246,16 @@ mod tests {
         assert_eq!(d(5, -2), "500");
         assert_eq!(d(0, 2), "0.00");
         assert_eq!(d(-10, 1), "-1.0");
+    }
+
+    #[test]
+    fn decimal_text_parses_exactly() {
+        assert_eq!(Decimal::parse("-12.50"), Some(Decimal { unscaled: -1250, scale: 2 }));
+        assert_eq!(Decimal::parse("7"), Some(Decimal { unscaled: 7, scale: 0 }));
+        assert_eq!(Decimal::parse(".5"), Some(Decimal { unscaled: 5, scale: 1 }));
+        for bad in ["", "-", ".", "1e5", "1.2.3", "NaN", "+1"] {
+            assert_eq!(Decimal::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -22,17 +22,11 @@
 #[cfg(feature = "delta")]
 pub mod delta;
 #[cfg(feature = "postgres")]
-mod pg_common;
-#[cfg(feature = "postgres")]
-mod pg_datalake;
-#[cfg(feature = "postgres")]
-mod pg_target;
+pub mod pg;
 
 #[cfg(feature = "delta")]
 pub use delta::{ApplyStats, DeltaConfig, DeltaSink};
 #[cfg(feature = "postgres")]
-pub use pg_common::{PgConnectionConfig, PgUrl, pg_type, quote_ident};
-#[cfg(feature = "postgres")]
-pub use pg_datalake::{DATALAKE_DDL, PgDatalakeSink};
-#[cfg(feature = "postgres")]
-pub use pg_target::PgTargetSink;
+pub use pg::{
+    DATALAKE_DDL, PgConnectionConfig, PgDatalakeSink, PgSourceCatalog, PgTargetSink, PgUrl, pg_type, quote_ident,
+};

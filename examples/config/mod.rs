@@ -3,10 +3,13 @@
 //! defaults. See `examples/consumer.example.toml`.
 
 use anyhow::{Context, bail};
-use cdc_lakehouse::core::Sink;
-use cdc_lakehouse::core::pipeline::{BatchPolicy, OnError, RetryPolicy};
+use cdc_lakehouse::core::catalog::HandlingModes;
+use cdc_lakehouse::core::pipeline::{BatchPolicy, DeadLetterStore, OnError, Pipeline, RetryPolicy};
+use cdc_lakehouse::core::{Decoder, Sink};
 use cdc_lakehouse::kafka::KafkaConfig;
-use cdc_lakehouse::sinks::{DeltaConfig, DeltaSink, PgConnectionConfig, PgDatalakeSink, PgTargetSink, PgUrl};
+use cdc_lakehouse::sinks::{
+    DeltaConfig, DeltaSink, PgConnectionConfig, PgDatalakeSink, PgSourceCatalog, PgTargetSink, PgUrl,
+};
 use serde::Deserialize;
 
 /// The consumer's configuration. Every key is optional; defaults are the
@@ -23,6 +26,27 @@ pub struct Config {
     pub delta: Toggle<DeltaConfig>,
     pub target: Toggle<PgConnectionConfig>,
     pub datalake: Toggle<PgConnectionConfig>,
+    /// Column types of schemaless topics (`value.converter.schemas.enable=false`).
+    pub source: SourceConfig,
+}
+
+/// The `[source]` section: where schemaless records get their column types.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// The source database, read (catalog only) for the column types of
+    /// schemaless records. Without it such records are dead-lettered.
+    pub schema_url: Option<PgUrl>,
+    /// The connector's `decimal.handling.mode`, `time.precision.mode`,
+    /// `interval.handling.mode` and `binary.handling.mode` (snake_case
+    /// values), which decide how each type is encoded.
+    #[serde(flatten)]
+    pub modes: HandlingModes,
+    /// Type schemaless columns of unknown type by their JSON shape instead
+    /// (decimals stay base64 text, timestamps integers): for sources that
+    /// are not a database whose catalog can be read.
+    #[serde(default)]
+    pub json_shape: bool,
 }
 
 /// A sink section: `enabled = false` switches it off.
@@ -56,6 +80,7 @@ impl Default for Config {
                     "postgres://datalake_user:datalake_password@localhost:5434/datalake_db",
                 ),
             },
+            source: SourceConfig::default(),
         }
     }
 }
@@ -88,6 +113,9 @@ impl Config {
         if let Some(v) = env("CDC_DATALAKE_URL") {
             config.datalake.settings.url = PgUrl::new(v);
         }
+        if let Some(v) = env("CDC_SOURCE_SCHEMA_URL") {
+            config.source.schema_url = Some(PgUrl::new(v));
+        }
         for (name, toggle) in [
             ("CDC_DELTA", &mut config.delta.enabled),
             ("CDC_TARGET", &mut config.target.enabled),
@@ -102,6 +130,21 @@ impl Config {
             }
         }
         Ok(config)
+    }
+
+    /// The pipeline into the enabled sinks, with this configuration's
+    /// decoding, batching, retry and error settings.
+    pub fn pipeline(&self, dead_letters: Box<dyn DeadLetterStore>) -> Pipeline {
+        let decoder = Decoder::new().keep_raw_json(true).type_by_json_shape(self.source.json_shape);
+        let mut pipeline = Pipeline::new(decoder, self.sinks(), dead_letters)
+            .with_policy(self.batch.clone())
+            .with_retry(self.retry.clone())
+            .with_on_error(self.on_error);
+        if let Some(url) = &self.source.schema_url {
+            let connection = PgConnectionConfig::new(url.expose());
+            pipeline = pipeline.with_catalog(Box::new(PgSourceCatalog::new(connection, self.source.modes.clone())));
+        }
+        pipeline
     }
 
     pub fn sinks(&self) -> Vec<Box<dyn Sink>> {

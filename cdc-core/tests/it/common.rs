@@ -2,9 +2,10 @@ use cdc_core::{ChangeEvent, Decoder, Record};
 
 pub use cdc_core::testing::{changes, decode_with, load};
 
-/// Decodes every record of a fixture; any error fails the test.
+/// Decodes every record of a fixture; any error fails the test. Schemaless
+/// columns of unknown type are typed by their JSON shape.
 pub fn decode_all(name: &str) -> Vec<Record> {
-    decode_with(&mut Decoder::new(), name)
+    decode_with(&mut Decoder::new().type_by_json_shape(true), name)
 }
 
 /// The events of one table.

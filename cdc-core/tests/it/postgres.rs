@@ -152,7 +152,7 @@ async fn decoded_values_equal_postgres_rows() {
     let compared = compare_fixture(&client, &mut Decoder::new(), "schemas", &all).await;
     assert!(compared > 250, "compared {compared} values");
     // Schemaless, typed by the schemas learnt from records that had them.
-    let mut decoder = Decoder::new();
+    let mut decoder = Decoder::new().type_by_json_shape(true);
     crate::quirks::learn_schemas(&mut decoder);
     compare_fixture(&client, &mut decoder, "schemaless", &all).await;
     // The other decimal, time and interval modes.
@@ -161,9 +161,13 @@ async fn decoded_values_equal_postgres_rows() {
 }
 
 /// A schema registered by the user (for example read from the target table)
-/// types schemaless records.
+/// types schemaless records; a column it does not name is refused, naming
+/// the column and the two ways to type it, unless typing by JSON shape was
+/// asked for.
 #[tokio::test]
 async fn registered_schema_types_schemaless_records() {
+    let products: Vec<_> =
+        cdc_core::testing::load("schemaless").into_iter().filter(|r| r.topic == "cdc.public.products").collect();
     let mut decoder = Decoder::new();
     let field =
         |name: &str, data_type| Field { name: name.into(), data_type, nullable: true, default: None, source: None };
@@ -176,8 +180,17 @@ async fn registered_schema_types_schemaless_records() {
         &["id"],
     )
     .unwrap();
+    decoder.register_schema("public.products", schema.clone());
+    let refused = decoder.decode(products[0].raw()).unwrap_err();
+    assert!(matches!(&refused, cdc_core::Error::Untyped { column, .. } if column == "name"), "{refused}");
+    let message = refused.to_string();
+    for needle in ["cdc.public.products[0]@", "field `after.name`", "source_schema_url", "schemas.enable=true"] {
+        assert!(message.contains(needle), "{needle} not in: {message}");
+    }
+
+    let mut decoder = Decoder::new().type_by_json_shape(true);
     decoder.register_schema("public.products", schema);
-    let records = decode_with(&mut decoder, "schemaless");
+    let records: Vec<_> = products.iter().map(|r| decoder.decode(r.raw()).unwrap()).collect();
     let first = table_events(&records, "products")[0];
     assert_eq!(column(first, "price"), &Value::Decimal(cdc_core::Decimal { unscaled: 129999, scale: 2 }));
     assert_eq!(column(first, "created_at"), &Value::Timestamp(1_704_877_200_000_000));

@@ -9,7 +9,7 @@ use crate::common::*;
 #[test]
 fn unchanged_toast_is_unavailable_not_a_value() {
     for name in ["schemas", "schemaless", "modes-string"] {
-        let mut decoder = Decoder::new();
+        let mut decoder = Decoder::new().type_by_json_shape(true);
         if name == "schemaless" {
             learn_schemas(&mut decoder);
         }
@@ -91,7 +91,7 @@ fn json_converter_replaces_null_with_schema_default() {
 /// or registered; without one, by the JSON shape.
 #[test]
 fn schemaless_records_use_known_schemas_else_json_shape() {
-    let mut known = Decoder::new();
+    let mut known = Decoder::new().type_by_json_shape(true);
     learn_schemas(&mut known);
     let typed = decode_with(&mut known, "schemaless");
     let by_shape = decode_all("schemaless");

@@ -1,6 +1,7 @@
 //! cdc-sinks integration tests against the test command's throwaway
 //! PostgreSQL (`CDC_TEST_PG_URL`).
 
+mod catalog;
 #[cfg(feature = "delta")]
 mod delta;
 mod interleavings;

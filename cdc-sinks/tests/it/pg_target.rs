@@ -329,7 +329,7 @@ async fn a_value_the_client_cannot_serialise_is_bad_data() {
             key: Some(br#"{"id":1}"#),
             value: Some(json.as_bytes()),
         };
-        Decoder::new().decode(raw).unwrap()
+        Decoder::new().type_by_json_shape(true).decode(raw).unwrap()
     };
     let mut target = sink(&url);
     target.apply(&Batch::from_records([record(1, r#""text""#)])).await.unwrap();

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use cdc_core::{Batch, Offsets, Result, Sink};
 
-use crate::pg_common::{
+use super::{
     DeleteMode, PgBase, PgConnectionConfig, StateTables, StoredOffsets, TransactionalSink, apply_with_retries,
     sink_error,
 };

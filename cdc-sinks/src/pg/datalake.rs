@@ -9,7 +9,7 @@ use tokio_postgres::Transaction;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 
-use crate::pg_common::{
+use super::{
     DeleteMode, PgBase, PgConnectionConfig, StateTables, StoredOffsets, TransactionalSink, apply_with_retries,
     sink_error,
 };

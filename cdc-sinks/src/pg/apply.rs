@@ -1,0 +1,536 @@
+//! Current-state tables: created and grown from event schemas, loaded
+//! through a staging table and merged with the ordering rule, deletes,
+//! tombstones and truncates.
+
+use std::collections::{BTreeMap, HashMap};
+
+use cdc_core::{
+    ChangeEvent, DataType, Error, Field, Result, SqlVersion, TableChange, TableSchema, Value, supersedes_sql,
+};
+use futures::pin_mut;
+use tokio_postgres::Transaction;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+
+use super::connection::*;
+use super::copy::*;
+use super::offsets::*;
+use super::types::*;
+
+/// How deletes land in a current-state table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeleteMode {
+    /// Remove the row (the target mirror).
+    Hard,
+    /// Keep the row, flagged `_cdc_deleted` (the data lake's processed tables).
+    Soft,
+}
+
+/// A current-state table as it exists in the database.
+#[derive(Debug, Clone)]
+pub(super) struct KnownTable {
+    /// Column name -> `format_type` text.
+    columns: BTreeMap<String, String>,
+}
+
+/// Writes current-state tables: one per source table, created on first
+/// sight, grown with new columns, updated set-based from a staging table.
+pub(crate) struct StateTables {
+    sink: &'static str,
+    /// Schema for every table; `None` mirrors the source schema.
+    schema: Option<String>,
+    delete_mode: DeleteMode,
+    known: HashMap<(String, String), KnownTable>,
+    staging_counter: u64,
+}
+
+/// Metadata columns of a current-state table and their types.
+pub(super) fn metadata_columns(mode: DeleteMode) -> Vec<(&'static str, &'static str)> {
+    let mut columns = vec![
+        ("_cdc_op", "text"),
+        ("_cdc_order", "text COLLATE \"C\""),
+        ("_cdc_source_ts", "timestamp with time zone"),
+        ("_cdc_lsn", "bigint"),
+        ("_cdc_tx_id", "bigint"),
+        ("_cdc_synced_at", "timestamp with time zone"),
+        // The Kafka position of the last change: a later offset of the same
+        // partition is newer whatever the order keys say (`supersedes`).
+        ("_cdc_topic", "text"),
+        ("_cdc_partition", "integer"),
+        ("_cdc_offset", "bigint"),
+    ];
+    if mode == DeleteMode::Soft {
+        columns.push(("_cdc_deleted", "boolean NOT NULL DEFAULT false"));
+        columns.push(("_cdc_deleted_at", "timestamp with time zone"));
+    }
+    columns
+}
+
+impl StateTables {
+    pub fn new(sink: &'static str, schema: Option<String>, delete_mode: DeleteMode) -> StateTables {
+        StateTables { sink, schema, delete_mode, known: HashMap::new(), staging_counter: 0 }
+    }
+
+    /// Forgets what it knew of existing tables (after a rollback).
+    pub fn forget(&mut self) {
+        self.known.clear();
+    }
+
+    fn error(&self, message: String) -> Error {
+        Error::Sink { sink: self.sink.to_owned(), message, retriable: false }
+    }
+
+    /// Applies one table's events of a batch inside `tx`.
+    pub async fn apply(&mut self, tx: &Transaction<'_>, events: &[&ChangeEvent]) -> Result<()> {
+        let Some(first) = events.first() else { return Ok(()) };
+        let schema_name = self.schema.clone().unwrap_or_else(|| first.source.schema.clone());
+        let table_name = first.source.table.clone();
+        let columns = self.ensure_table(tx, &schema_name, &table_name, events).await?;
+        let table = format!("{}.{}", quote_ident(&schema_name)?, quote_ident(&table_name)?);
+        for change in cdc_core::collapse(events) {
+            match change {
+                TableChange::Truncate(event) => {
+                    // By order, not by arrival: rows changed after the truncate
+                    // (consumed earlier from another partition) stay, and the
+                    // marker keeps older rows consumed later out.
+                    let order = quote_literal(&event.order.to_hex());
+                    let wipe = match self.delete_mode {
+                        DeleteMode::Hard => format!("DELETE FROM {table} WHERE _cdc_order < {order}"),
+                        DeleteMode::Soft => format!(
+                            "UPDATE {table} SET _cdc_deleted = true, _cdc_deleted_at = now(), _cdc_op = 't', \
+                             _cdc_synced_at = now() WHERE NOT _cdc_deleted AND _cdc_order < {order}"
+                        ),
+                    };
+                    let sql = format!(
+                        "{wipe};\nINSERT INTO {DELETED_KEYS} (table_name, row_key, order_key) \
+                         VALUES ({name}, '', {order}) ON CONFLICT (table_name, row_key) DO UPDATE \
+                         SET order_key = GREATEST({DELETED_KEYS}.order_key, EXCLUDED.order_key)",
+                        name = quote_literal(&table),
+                    );
+                    tx.batch_execute(&sql).await.map_err(|e| sink_error(self.sink, &e))?;
+                }
+                TableChange::Rows(rows) => {
+                    if rows.iter().any(|r| r.event.key.is_none()) {
+                        return Err(self.error(format!(
+                            "table {schema_name}.{table_name} has no primary key: Debezium sent no record key, \
+                             so rows cannot be matched"
+                        )));
+                    }
+                    self.apply_rows(tx, &table, &columns, &rows).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the table or adds missing columns; returns the data columns
+    /// the staging table carries, key columns first, each with its column
+    /// type in the table.
+    async fn ensure_table(
+        &mut self,
+        tx: &Transaction<'_>,
+        schema_name: &str,
+        table_name: &str,
+        events: &[&ChangeEvent],
+    ) -> Result<Vec<(Field, String)>> {
+        // Every column of every schema version in the batch; the last wins,
+        // unless another version has it wider (versions read out of order).
+        let Some(newest) = events.last().map(|e| &e.schema) else { return Ok(Vec::new()) };
+        let schema =
+            TableSchema::union(events.iter().rev().map(|e| &*e.schema)).map_err(|e| self.error(e.to_string()))?;
+        let mut columns: Vec<Field> = schema.fields().to_vec();
+        let key: Vec<&str> = newest.key_names().collect();
+        columns.sort_by_key(|c| !key.contains(&c.name.as_str()));
+
+        let id = (schema_name.to_owned(), table_name.to_owned());
+        if !self.known.contains_key(&id) {
+            let existing =
+                existing_columns(tx, schema_name, table_name).await.map_err(|e| sink_error(self.sink, &e))?;
+            if existing.is_empty() {
+                self.create_table(tx, schema_name, table_name, &columns, &key).await?;
+            } else {
+                self.add_missing_metadata(tx, schema_name, table_name, &existing).await?;
+                self.known.insert(id.clone(), KnownTable { columns: existing });
+            }
+        }
+        let table = format!("{}.{}", quote_ident(schema_name)?, quote_ident(table_name)?);
+        let known = self.known.get(&id).cloned().unwrap_or(KnownTable { columns: BTreeMap::new() });
+        let mut changed = known.clone();
+        for column in &columns {
+            let wanted = pg_type(column);
+            match known.columns.get(&column.name) {
+                None => {
+                    // `ADD COLUMN ... DEFAULT v` at the source fills the rows
+                    // it holds without emitting events: so does this (the
+                    // Connect schema carries the default).
+                    let default = column
+                        .default
+                        .as_ref()
+                        .and_then(|value| pg_text(&column.data_type, value, false))
+                        .map(|text| format!(" DEFAULT {}::{wanted}", quote_literal(&text)))
+                        .unwrap_or_default();
+                    let sql = format!(
+                        "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} {wanted}{default}",
+                        quote_ident(&column.name)?
+                    );
+                    tx.batch_execute(&sql).await.map_err(|e| sink_error(self.sink, &e))?;
+                    changed.columns.insert(column.name.clone(), wanted);
+                }
+                Some(current) if *current == wanted => {}
+                Some(current) if widens(current, &wanted) => {
+                    let name = quote_ident(&column.name)?;
+                    let sql = format!("ALTER TABLE {table} ALTER COLUMN {name} TYPE {wanted} USING {name}::{wanted}");
+                    tx.batch_execute(&sql).await.map_err(|e| sink_error(self.sink, &e))?;
+                    changed.columns.insert(column.name.clone(), wanted);
+                }
+                // An event of an older schema version (the table was widened
+                // since), or a narrowing at the source: every value it can
+                // carry fits the wider column, which stays.
+                Some(current) if widens(&wanted, current) || same_family(current, &wanted) => {}
+                Some(current) => {
+                    return Err(self.error(format!(
+                        "column {} of {schema_name}.{table_name} is {current} in PostgreSQL but events now carry \
+                         {wanted}: not a widening PostgreSQL can do in place",
+                        column.name
+                    )));
+                }
+            }
+        }
+        // Columns the table has but no event of the batch carries (dropped at
+        // the source) are written as null, typed as they are in the table.
+        for name in changed.columns.keys() {
+            if !name.starts_with("_cdc_") && !columns.iter().any(|c| &c.name == name) {
+                columns.push(Field {
+                    name: name.clone(),
+                    data_type: DataType::Dynamic,
+                    nullable: true,
+                    default: None,
+                    source: None,
+                });
+            }
+        }
+        let typed = columns
+            .into_iter()
+            .map(|c| {
+                let ty = changed.columns.get(&c.name).cloned().unwrap_or_else(|| pg_type(&c));
+                (c, ty)
+            })
+            .collect();
+        self.known.insert(id, changed);
+        Ok(typed)
+    }
+
+    /// Tables created by an older version lack newer metadata columns.
+    async fn add_missing_metadata(
+        &self,
+        tx: &Transaction<'_>,
+        schema_name: &str,
+        table_name: &str,
+        existing: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let table = format!("{}.{}", quote_ident(schema_name)?, quote_ident(table_name)?);
+        for (name, ty) in metadata_columns(self.delete_mode) {
+            if !existing.contains_key(name) {
+                let sql = format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {ty}");
+                tx.batch_execute(&sql).await.map_err(|e| sink_error(self.sink, &e))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_table(
+        &mut self,
+        tx: &Transaction<'_>,
+        schema_name: &str,
+        table_name: &str,
+        columns: &[Field],
+        key: &[&str],
+    ) -> Result<()> {
+        let mut definitions = Vec::new();
+        let mut known = BTreeMap::new();
+        for column in columns {
+            let ty = pg_type(column);
+            let not_null = if key.contains(&column.name.as_str()) { " NOT NULL" } else { "" };
+            definitions.push(format!("{} {ty}{not_null}", quote_ident(&column.name)?));
+            known.insert(column.name.clone(), ty);
+        }
+        for (name, ty) in metadata_columns(self.delete_mode) {
+            definitions.push(format!("{name} {ty}"));
+        }
+        if !key.is_empty() {
+            let key: Vec<String> = key.iter().map(|k| quote_ident(k)).collect::<Result<_>>()?;
+            definitions.push(format!("PRIMARY KEY ({})", key.join(", ")));
+        }
+        // Room on each page for HOT updates: a CDC mirror is mostly updates of
+        // rows whose key does not change, and HOT skips the index insert.
+        let sql = format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}; \
+             CREATE TABLE IF NOT EXISTS {schema}.{table} ({}) WITH (fillfactor = 85)",
+            definitions.join(", "),
+            schema = quote_ident(schema_name)?,
+            table = quote_ident(table_name)?,
+        );
+        tx.batch_execute(&sql).await.map_err(|e| sink_error(self.sink, &e))?;
+        self.known.insert((schema_name.to_owned(), table_name.to_owned()), KnownTable { columns: known });
+        Ok(())
+    }
+
+    async fn apply_rows(
+        &mut self,
+        tx: &Transaction<'_>,
+        table: &str,
+        columns: &[(Field, String)],
+        rows: &[cdc_core::RowChange<'_>],
+    ) -> Result<()> {
+        self.staging_counter += 1;
+        let staging = format!("_cdc_stage_{}", self.staging_counter);
+        let Some(first) = rows.first() else { return Ok(()) };
+        let key_count = first.event.schema.key_indices().len();
+        let mut definitions = Vec::new();
+        let mut types = Vec::new();
+        for (column, _) in columns {
+            let ty = staging_type(&column.data_type);
+            definitions.push(format!("{} {}", quote_ident(&column.name)?, ty.name()));
+            types.push(ty);
+        }
+        for (name, ty) in [
+            ("_cdc_op", Type::TEXT),
+            ("_cdc_order", Type::TEXT),
+            ("_cdc_source_ts", Type::TIMESTAMPTZ),
+            ("_cdc_lsn", Type::INT8),
+            ("_cdc_tx_id", Type::INT8),
+            ("_cdc_topic", Type::TEXT),
+            ("_cdc_partition", Type::INT4),
+            ("_cdc_offset", Type::INT8),
+            ("_cdc_unavailable", Type::TEXT),
+            ("_cdc_missing", Type::TEXT),
+        ] {
+            // The order key compares byte-wise, like the table's column.
+            let collate = if name == "_cdc_order" { " COLLATE \"C\"" } else { "" };
+            definitions.push(format!("{name} {}{collate}", ty.name()));
+            types.push(ty);
+        }
+        let create = format!("CREATE TEMP TABLE {staging} ({}) ON COMMIT DROP", definitions.join(", "));
+        tx.batch_execute(&create).await.map_err(|e| sink_error(self.sink, &e))?;
+
+        let sink =
+            tx.copy_in(&format!("COPY {staging} FROM STDIN BINARY")).await.map_err(|e| sink_error(self.sink, &e))?;
+        let writer = BinaryCopyInWriter::new(sink, &types);
+        pin_mut!(writer);
+        let null = Value::Null;
+        let points: Vec<bool> = columns
+            .iter()
+            .map(|(c, _)| c.source.as_ref().is_some_and(|s| s.type_name.eq_ignore_ascii_case("POINT")))
+            .collect();
+        // Table columns some staged row's schema version lacks.
+        let mut missing_anywhere: Vec<&str> = Vec::new();
+        for row in rows {
+            let event = row.event;
+            // Deletes stage their before-image (the key, or the whole row with
+            // REPLICA IDENTITY FULL).
+            let image = match &row.after {
+                Some(after) => Some(after.as_ref()),
+                None => event.before.as_ref(),
+            };
+            let mut unavailable = Vec::new();
+            let mut missing = Vec::new();
+            let mut cells = Vec::with_capacity(types.len());
+            for ((column, _), &point) in columns.iter().zip(&points) {
+                if event.schema.index_of(&column.name).is_none() {
+                    missing.push(column.name.as_str());
+                    if !missing_anywhere.contains(&column.name.as_str()) {
+                        missing_anywhere.push(&column.name);
+                    }
+                }
+                let value = match (event.schema.index_of(&column.name), image) {
+                    (Some(i), Some(image)) => image.get(i).unwrap_or(&null),
+                    _ => &null,
+                };
+                if value.is_unavailable() {
+                    unavailable.push(column.name.as_str());
+                }
+                cells.push(Cell { value, data_type: &column.data_type, geometry_as_point: point });
+            }
+            let order = event.order.to_hex();
+            let unavailable = (!unavailable.is_empty()).then(|| array_literal(&unavailable));
+            let missing = (!missing.is_empty()).then(|| array_literal(&missing));
+            let op = event.op.code();
+            let source_ts = event.source.ts_micros().map(Value::TimestampTz).unwrap_or(Value::Null);
+            let mut params: Vec<&(dyn ToSql + Sync)> = cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+            let topic: &str = &event.position.topic;
+            let meta: [&(dyn ToSql + Sync); 10] = [
+                &op,
+                &order,
+                &Cell { value: &source_ts, data_type: &DataType::TimestampTz, geometry_as_point: false },
+                &event.source.lsn,
+                &event.source.tx_id,
+                &topic,
+                &event.position.partition,
+                &event.position.offset,
+                &unavailable,
+                &missing,
+            ];
+            params.extend(meta);
+            writer.as_mut().write(&params).await.map_err(|e| {
+                let mut error = sink_error(self.sink, &e);
+                if let Error::Sink { message, .. } = &mut error {
+                    message.push_str(&format!(" (record {})", event.position));
+                }
+                error
+            })?;
+        }
+        writer.finish().await.map_err(|e| sink_error(self.sink, &e))?;
+
+        let mut sql = self.apply_sql(table, &staging, columns, key_count)?;
+        // A column the event's schema version lacks takes the column's
+        // default (null without one): an event from before `ADD COLUMN ...
+        // DEFAULT v` (read late, from another partition) describes a row the
+        // source gave `v` when the column was added.
+        let key = columns.iter().take(key_count);
+        let key_match = key
+            .map(|(column, ty)| Ok(format!("t.{name} = s.{name}::{ty}", name = quote_ident(&column.name)?)))
+            .collect::<Result<Vec<_>>>()?
+            .join(" AND ");
+        for name in missing_anywhere {
+            sql.push_str(&format!(
+                "\nUPDATE {table} AS t SET {column} = DEFAULT FROM {staging} s WHERE {key_match} \
+                 AND s._cdc_missing::text[] @> ARRAY[{literal}] AND t._cdc_order = s._cdc_order;",
+                column = quote_ident(name)?,
+                literal = quote_literal(name),
+            ));
+        }
+        tx.batch_execute(&sql).await.map_err(|e| sink_error(self.sink, &e))
+    }
+
+    /// The set-based statements that move a staged batch into the table.
+    fn apply_sql(&self, table: &str, staging: &str, columns: &[(Field, String)], key_count: usize) -> Result<String> {
+        let mut names = Vec::new();
+        let mut casts = Vec::new();
+        for (column, ty) in columns {
+            let name = quote_ident(&column.name)?;
+            casts.push(format!("s.{name}::{ty}"));
+            names.push(name);
+        }
+        // Key columns come first (`ensure_table`).
+        let key = || names.iter().zip(&casts).take(key_count);
+        // Rows the UPDATE did not touch are new, or older than what the table
+        // holds (the INSERT's ON CONFLICT skips those).
+        let returning = key().map(|(name, _)| format!("t.{name}")).collect::<Vec<_>>().join(", ");
+        let staged_key = key().map(|(_, cast)| cast.as_str()).collect::<Vec<_>>().join(", ");
+        let key_match = key().map(|(name, cast)| format!("t.{name} = {cast}")).collect::<Vec<_>>().join(" AND ");
+        let sets: Vec<String> = names
+            .iter()
+            .zip(&casts)
+            .zip(columns)
+            .skip(key_count)
+            .map(|((name, cast), (column, _))| {
+                format!(
+                    "{name} = CASE WHEN s._cdc_unavailable::text[] @> ARRAY[{literal}] THEN t.{name} ELSE {cast} END",
+                    literal = quote_literal(&column.name),
+                )
+            })
+            .collect();
+        let meta = "_cdc_op = s._cdc_op, _cdc_order = s._cdc_order, _cdc_source_ts = s._cdc_source_ts, \
+                    _cdc_lsn = s._cdc_lsn, _cdc_tx_id = s._cdc_tx_id, _cdc_topic = s._cdc_topic, \
+                    _cdc_partition = s._cdc_partition, _cdc_offset = s._cdc_offset, _cdc_synced_at = now()";
+        let undelete =
+            if self.delete_mode == DeleteMode::Soft { ", _cdc_deleted = false, _cdc_deleted_at = NULL" } else { "" };
+        let mut sets_sql = sets.join(", ");
+        if !sets_sql.is_empty() {
+            sets_sql.push_str(", ");
+        }
+        let insert_columns = format!(
+            "{}, _cdc_op, _cdc_order, _cdc_source_ts, _cdc_lsn, _cdc_tx_id, _cdc_topic, _cdc_partition, \
+             _cdc_offset, _cdc_synced_at",
+            names.join(", ")
+        );
+        let insert_values = format!(
+            "{}, s._cdc_op, s._cdc_order, s._cdc_source_ts, s._cdc_lsn, s._cdc_tx_id, s._cdc_topic, \
+             s._cdc_partition, s._cdc_offset, now()",
+            casts.join(", ")
+        );
+        // A batch touches few rows of a large table: probe the primary key
+        // per staged row rather than hash the whole table (the planner
+        // otherwise picks a sequential scan of the target for a few
+        // thousand staged rows). Local to this transaction.
+        // Never let an older event overwrite a newer one (`supersedes`).
+        // A key deleted by a newer event stays deleted: an older event of it
+        // arriving later, from another partition, finds the tombstone
+        // instead of an absent row. A truncate's marker (row key '') holds
+        // rows older by order key out (a truncate's transaction cannot
+        // overlap another writing the table, so order keys order it).
+        let newer = supersedes_sql(&SqlVersion::of("s"), &SqlVersion::of("t"));
+        let table_literal = quote_literal(table);
+        let row_key = format!("ROW({staged_key})::text");
+        let tombstone = SqlVersion { order: "d.order_key".into(), ..SqlVersion::of("d") };
+        let not_buried = format!(
+            "NOT EXISTS (SELECT 1 FROM {DELETED_KEYS} d WHERE d.table_name = {table_literal} \
+             AND ((d.row_key = {row_key} AND NOT {newer_than_tombstone}) \
+                  OR (d.row_key = '' AND d.order_key >= s._cdc_order)))",
+            newer_than_tombstone = supersedes_sql(&SqlVersion::of("s"), &tombstone),
+        );
+        let keep_newer_tombstone = supersedes_sql(
+            &SqlVersion { order: "EXCLUDED.order_key".into(), ..SqlVersion::of("EXCLUDED") },
+            &SqlVersion { order: format!("{DELETED_KEYS}.order_key"), ..SqlVersion::of(DELETED_KEYS) },
+        );
+        let mut sql = format!(
+            "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;\n\
+             WITH updated AS (UPDATE {table} AS t SET {sets_sql}{meta}{undelete} FROM {staging} s \
+             WHERE {key_match} AND s._cdc_op <> 'd' AND {newer} AND {not_buried} \
+             RETURNING {returning}) \
+             INSERT INTO {table} ({insert_columns}) SELECT {insert_values} FROM {staging} s \
+             WHERE s._cdc_op <> 'd' AND ({staged_key}) NOT IN (SELECT * FROM updated) AND {not_buried} \
+             ON CONFLICT DO NOTHING;\n"
+        );
+        match self.delete_mode {
+            DeleteMode::Hard => sql.push_str(&format!(
+                "DELETE FROM {table} AS t USING {staging} s WHERE {key_match} AND s._cdc_op = 'd' \
+                 AND {newer};\n\
+                 INSERT INTO {DELETED_KEYS} (table_name, row_key, order_key, _cdc_topic, _cdc_partition, _cdc_offset) \
+                 SELECT {table_literal}, {row_key}, s._cdc_order, s._cdc_topic, s._cdc_partition, s._cdc_offset \
+                 FROM {staging} s WHERE s._cdc_op = 'd' \
+                 ON CONFLICT (table_name, row_key) DO UPDATE \
+                 SET order_key = EXCLUDED.order_key, _cdc_topic = EXCLUDED._cdc_topic, \
+                     _cdc_partition = EXCLUDED._cdc_partition, _cdc_offset = EXCLUDED._cdc_offset \
+                 WHERE {keep_newer_tombstone};"
+            )),
+            DeleteMode::Soft => sql.push_str(&format!(
+                "UPDATE {table} AS t SET {meta}, _cdc_deleted = true, _cdc_deleted_at = s._cdc_source_ts \
+                 FROM {staging} s WHERE {key_match} AND s._cdc_op = 'd' AND {newer};\n\
+                 INSERT INTO {table} ({insert_columns}, _cdc_deleted, _cdc_deleted_at) \
+                 SELECT {insert_values}, true, s._cdc_source_ts FROM {staging} s \
+                 WHERE s._cdc_op = 'd' AND NOT EXISTS (SELECT 1 FROM {table} t WHERE {key_match}) ON CONFLICT DO NOTHING;"
+            )),
+        }
+        Ok(sql)
+    }
+}
+
+/// `character varying(50)` vs `character varying(100)` and the like: the
+/// same type family with another modifier is left as it is.
+pub(super) fn same_family(current: &str, wanted: &str) -> bool {
+    let family = |t: &str| t.split('(').next().unwrap_or(t).trim().to_owned();
+    family(current) == family(wanted) && !matches!(family(current).as_str(), "numeric")
+}
+
+pub(super) fn array_literal(items: &[&str]) -> String {
+    let quoted: Vec<String> =
+        items.iter().map(|i| format!("\"{}\"", i.replace('\\', "\\\\").replace('"', "\\\""))).collect();
+    format!("{{{}}}", quoted.join(","))
+}
+
+pub(super) async fn existing_columns(
+    tx: &Transaction<'_>,
+    schema: &str,
+    table: &str,
+) -> std::result::Result<BTreeMap<String, String>, tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+             JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&schema, &table],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect())
+}
