@@ -227,8 +227,15 @@ fn element_schema(column: &CatalogColumn, modes: &HandlingModes) -> Json {
             };
             decimal(precision, scale)
         }
-        // `money.fraction.digits` is 2 unless configured otherwise.
-        "money" => decimal(Some(19), 2),
+        // `money.fraction.digits` is 2 unless configured otherwise; no precision.
+        "money" => match modes.decimal_handling_mode {
+            DecimalMode::Precise => json!({
+                "type": "bytes",
+                "name": "org.apache.kafka.connect.data.Decimal",
+                "parameters": { "scale": "2" }
+            }),
+            _ => decimal(None, 2),
+        },
         "bytea" => match modes.binary_handling_mode {
             BinaryMode::Bytes => json!({ "type": "bytes" }),
             _ => json!({ "type": "string" }),
@@ -251,7 +258,9 @@ fn element_schema(column: &CatalogColumn, modes: &HandlingModes) -> Json {
             IntervalMode::Numeric => logical("int64", "io.debezium.time.MicroDuration"),
             IntervalMode::String => logical("string", "io.debezium.time.Interval"),
         },
-        "json" | "jsonb" => logical("string", "io.debezium.data.Json"),
+        // hstore too (`hstore.handling.mode=json`, the default).
+        "json" | "jsonb" | "hstore" => logical("string", "io.debezium.data.Json"),
+        "tsvector" => logical("string", "io.debezium.data.Tsvector"),
         "uuid" => logical("string", "io.debezium.data.Uuid"),
         "xml" => logical("string", "io.debezium.data.Xml"),
         // `bit(1)` is a boolean to Debezium; longer bit strings are Bits,

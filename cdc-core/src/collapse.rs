@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::event::{ChangeEvent, Op, Row, supersedes};
+use crate::event::{ChangeEvent, Op, OrderKey, Row, supersedes};
 use crate::value::Value;
 
 /// What a sink applies for one table, in order.
@@ -26,6 +26,16 @@ pub struct RowChange<'a> {
     /// of the same row in the batch where they had the value; `None` for a
     /// delete. Columns no event of the batch had stay [`Value::Unavailable`].
     pub after: Option<Cow<'a, Row>>,
+    /// For a delete, the row it deletes as far as the batch knows: its
+    /// before-image (key only with REPLICA IDENTITY DEFAULT) filled from an
+    /// older change of the row in the batch. `None` for other changes.
+    pub before: Option<Cow<'a, Row>>,
+    /// Set when the row was created in the batch by a create that carried
+    /// unavailable values and the newest state still lacks them: the order
+    /// key of that create. In PostgreSQL only a primary-key change does
+    /// this (REPLICA IDENTITY DEFAULT, unchanged TOAST): the values are in
+    /// the old key's row, deleted at the same LSN (`commit_lsn`, `lsn`).
+    pub owed_since: Option<OrderKey>,
 }
 
 impl RowChange<'_> {
@@ -55,10 +65,11 @@ pub fn collapse<'a>(events: &[&'a ChangeEvent]) -> Vec<TableChange<'a>> {
             out.push(TableChange::Truncate(event));
             continue;
         }
-        let change = RowChange {
-            event,
-            after: if event.op == Op::Delete { None } else { event.after.as_ref().map(Cow::Borrowed) },
-        };
+        let delete = event.op == Op::Delete;
+        let after = if delete { None } else { event.after.as_ref().map(Cow::Borrowed) };
+        let before = if delete { event.before.as_ref().map(Cow::Borrowed) } else { None };
+        let owes = event.op == Op::Create && after.as_ref().is_some_and(|a| a.iter().any(Value::is_unavailable));
+        let change = RowChange { event, after, before, owed_since: owes.then_some(event.order) };
         let Some(key) = event.key.as_deref() else {
             rows.push(change);
             continue;
@@ -88,16 +99,21 @@ pub fn collapse<'a>(events: &[&'a ChangeEvent]) -> Vec<TableChange<'a>> {
     out
 }
 
-/// Fills the newer change's unavailable columns from the older change.
+/// Fills the newer change's unavailable columns (of its after-image, or of
+/// a delete's before-image) from the older change's after-image.
 fn fill_unavailable<'a>(mut newer: RowChange<'a>, older: &RowChange<'a>) -> RowChange<'a> {
-    let (Some(after), Some(older_after)) = (newer.after.as_mut(), older.after.as_ref()) else {
-        return newer;
+    let Some(older_after) = older.after.as_ref() else { return newer };
+    let (schema, older_schema) = (&newer.event.schema, &older.event.schema);
+    let same_schema = Arc::ptr_eq(schema, older_schema);
+    let image = match (newer.after.as_mut(), newer.before.as_mut()) {
+        (Some(after), _) => after,
+        (None, Some(before)) => before,
+        (None, None) => return newer,
     };
-    if !after.iter().any(Value::is_unavailable) {
+    if !image.iter().any(Value::is_unavailable) {
         return newer;
     }
-    let same_schema = Arc::ptr_eq(&newer.event.schema, &older.event.schema);
-    let row = after.to_mut();
+    let row = image.to_mut();
     for (i, value) in row.iter_mut().enumerate() {
         if !value.is_unavailable() {
             continue;
@@ -105,12 +121,15 @@ fn fill_unavailable<'a>(mut newer: RowChange<'a>, older: &RowChange<'a>) -> RowC
         let j = if same_schema {
             Some(i)
         } else {
-            newer.event.schema.fields().get(i).and_then(|field| older.event.schema.index_of(&field.name))
+            schema.fields().get(i).and_then(|field| older_schema.index_of(&field.name))
         };
         if let Some(previous) = j.and_then(|j| older_after.get(j)) {
             *value = previous.clone();
         }
     }
+    let still_owed = row.iter().any(Value::is_unavailable);
+    // What the older create owed, the newer change still owes (if it lacks anything).
+    newer.owed_since = if still_owed && newer.after.is_some() { newer.owed_since.or(older.owed_since) } else { None };
     newer
 }
 

@@ -23,7 +23,7 @@ use crate::event::{
     ChangeEvent, Op, OrderKey, RawJson, Record, Source, TransactionBlock, TransactionMarker, TransactionStatus,
 };
 use crate::schema::{ConnectSchema, DataType, Field, SchemaRef, TableSchema};
-use crate::value::{DATE_INFINITY, Decimal, TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY, Value};
+use crate::value::{DATE_INFINITY, DATE_NEG_INFINITY, Decimal, TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY, Value};
 
 /// What Debezium writes for an unchanged TOASTed column it could not read
 /// (`unavailable.value.placeholder`, its default).
@@ -35,10 +35,13 @@ const UNAVAILABLE_PLACEHOLDER_BASE64: &str = "X19kZWJleml1bV91bmF2YWlsYWJsZV92YW
 /// `infinity` / `-infinity`; Debezium passes them on scaled to the wire unit.
 const PG_INFINITY_MILLIS: i64 = 9_223_372_036_825_200_000;
 const PG_NEG_INFINITY_MILLIS: i64 = -9_223_372_036_832_400_000;
-/// What Debezium 3.6 sends for date `infinity`: the JDBC driver's infinity
-/// as epoch days, wrapped to 32 bits. No real date is that far back
-/// (PostgreSQL dates start in 4713 BC), so it is read as infinity.
-const DEBEZIUM_DATE_INFINITY: i64 = -622_191_234;
+/// What Debezium 3.6 sends for date `infinity` and `-infinity`: in a
+/// snapshot, the JDBC driver's infinities as epoch days wrapped to 32 bits;
+/// streamed, PostgreSQL's own (`i32::MAX`, `i32::MIN` days after 2000-01-01)
+/// shifted to 1970 with overflow. No real date is that far back (PostgreSQL
+/// dates start in 4713 BC), so they are read as the infinities.
+const DEBEZIUM_DATE_INFINITY: [i64; 2] = [-622_191_234, -2_147_472_692];
+const DEBEZIUM_DATE_NEG_INFINITY: [i64; 2] = [-625_821_272, -2_147_472_691];
 
 /// One Kafka record as the decoder sees it.
 #[derive(Debug, Clone, Copy)]
@@ -907,7 +910,8 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
         match self.0 {
             Int8 | Int16 | Int32 | Int64 | Year | Dynamic => self.int(v),
             Float32 | Float64 => Ok(Value::Float(v as f64)),
-            Date if v == DEBEZIUM_DATE_INFINITY => Ok(Value::Date(DATE_INFINITY)),
+            Date if DEBEZIUM_DATE_INFINITY.contains(&v) => Ok(Value::Date(DATE_INFINITY)),
+            Date if DEBEZIUM_DATE_NEG_INFINITY.contains(&v) => Ok(Value::Date(DATE_NEG_INFINITY)),
             Date => i32::try_from(v).map(Value::Date).map_err(|_| out_of_range(v, self.0)),
             Time(unit) => unit.to_micros(v).map(Value::Time).ok_or_else(|| out_of_range(v, self.0)),
             Timestamp(unit) => self.timestamp(v, *unit).map(Value::Timestamp),

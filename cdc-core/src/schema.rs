@@ -232,7 +232,8 @@ impl ConnectSchema {
             Some("org.apache.kafka.connect.data.Decimal") => Some(DataType::Decimal {
                 precision: self
                     .param("connect.decimal.precision")
-                    .or_else(|| self.param("__debezium.source.column.length").filter(|&p: &u32| p > 0)),
+                    // `money` says 2147483647: no precision PostgreSQL has (1000 at most).
+                    .or_else(|| self.param("__debezium.source.column.length").filter(|&p: &u32| p > 0 && p <= 1000)),
                 scale: self.param("scale").ok_or_else(|| crate::Error::Schema {
                     message: "Decimal schema without a `scale` parameter".into(),
                 })?,

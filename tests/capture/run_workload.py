@@ -11,9 +11,12 @@ import time
 
 url, path = sys.argv[1], sys.argv[2]
 text = open(path, encoding="utf-8").read()
-before, rest = text.split("-- session A\n", 1)
-session_a, rest = rest.split("-- session B\n", 1)
-session_b, after = rest.split("-- end sessions\n", 1)
+if "-- session A\n" in text:
+    before, rest = text.split("-- session A\n", 1)
+    session_a, rest = rest.split("-- session B\n", 1)
+    session_b, after = rest.split("-- end sessions\n", 1)
+else:
+    before, session_a, session_b, after = text, None, None, None
 
 
 def psql(sql, background=False):
@@ -28,9 +31,10 @@ def psql(sql, background=False):
 
 
 psql(before)
-a = psql(session_a, background=True)
-time.sleep(0.7)
-psql(session_b)
-if a.wait() != 0:
-    sys.exit("session A failed")
-psql(after)
+if session_a is not None:
+    a = psql(session_a, background=True)
+    time.sleep(0.7)
+    psql(session_b)
+    if a.wait() != 0:
+        sys.exit("session A failed")
+    psql(after)

@@ -58,6 +58,11 @@ pub(super) fn metadata_columns(mode: DeleteMode) -> Vec<(&'static str, &'static 
         ("_cdc_topic", "text"),
         ("_cdc_partition", "integer"),
         ("_cdc_offset", "bigint"),
+        // Columns a primary-key change left unavailable (unchanged TOAST):
+        // owed by the old key's row, deleted at the same LSN, `_cdc_pending_at`
+        // (the change's commit LSN and LSN, as in `_cdc_order`).
+        ("_cdc_pending", "text[]"),
+        ("_cdc_pending_at", "text COLLATE \"C\""),
     ];
     if mode == DeleteMode::Soft {
         columns.push(("_cdc_deleted", "boolean NOT NULL DEFAULT false"));
@@ -187,6 +192,9 @@ impl StateTables {
                 // since), or a narrowing at the source: every value it can
                 // carry fits the wider column, which stays.
                 Some(current) if widens(&wanted, current) || same_family(current, &wanted) => {}
+                // Made by an earlier version of this mapping (`bit(1)` was
+                // boolean): it holds every value.
+                Some(current) if current == "boolean" && wanted == "bit(1)" => {}
                 Some(current) => {
                     return Err(self.error(format!(
                         "column {} of {schema_name}.{table_name} is {current} in PostgreSQL but events now carry \
@@ -235,6 +243,9 @@ impl StateTables {
                 tx.batch_execute(&sql).await.map_err(|e| sink_error(self.sink, &e))?;
             }
         }
+        if !existing.contains_key("_cdc_pending") {
+            tx.batch_execute(&pending_index(schema_name, table_name)?).await.map_err(|e| sink_error(self.sink, &e))?;
+        }
         Ok(())
     }
 
@@ -271,6 +282,7 @@ impl StateTables {
             table = quote_ident(table_name)?,
         );
         tx.batch_execute(&sql).await.map_err(|e| sink_error(self.sink, &e))?;
+        tx.batch_execute(&pending_index(schema_name, table_name)?).await.map_err(|e| sink_error(self.sink, &e))?;
         self.known.insert((schema_name.to_owned(), table_name.to_owned()), KnownTable { columns: known });
         Ok(())
     }
@@ -304,9 +316,10 @@ impl StateTables {
             ("_cdc_offset", Type::INT8),
             ("_cdc_unavailable", Type::TEXT),
             ("_cdc_missing", Type::TEXT),
+            ("_cdc_owed", Type::TEXT),
         ] {
             // The order key compares byte-wise, like the table's column.
-            let collate = if name == "_cdc_order" { " COLLATE \"C\"" } else { "" };
+            let collate = if matches!(name, "_cdc_order" | "_cdc_owed") { " COLLATE \"C\"" } else { "" };
             definitions.push(format!("{name} {}{collate}", ty.name()));
             types.push(ty);
         }
@@ -327,10 +340,11 @@ impl StateTables {
         for row in rows {
             let event = row.event;
             // Deletes stage their before-image (the key, or the whole row with
-            // REPLICA IDENTITY FULL).
-            let image = match &row.after {
-                Some(after) => Some(after.as_ref()),
-                None => event.before.as_ref(),
+            // REPLICA IDENTITY FULL, filled from the batch's older changes).
+            let image = match (&row.after, &row.before) {
+                (Some(after), _) => Some(after.as_ref()),
+                (None, Some(before)) => Some(before.as_ref()),
+                (None, None) => event.before.as_ref(),
             };
             let mut unavailable = Vec::new();
             let mut missing = Vec::new();
@@ -358,7 +372,8 @@ impl StateTables {
             let source_ts = event.source.ts_micros().map(Value::TimestampTz).unwrap_or(Value::Null);
             let mut params: Vec<&(dyn ToSql + Sync)> = cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
             let topic: &str = &event.position.topic;
-            let meta: [&(dyn ToSql + Sync); 10] = [
+            let owed = row.owed_since.map(|order| order.to_hex().chars().take(32).collect::<String>());
+            let meta: [&(dyn ToSql + Sync); 11] = [
                 &op,
                 &order,
                 &Cell { value: &source_ts, data_type: &DataType::TimestampTz, geometry_as_point: false },
@@ -369,6 +384,7 @@ impl StateTables {
                 &event.position.offset,
                 &unavailable,
                 &missing,
+                &owed,
             ];
             params.extend(meta);
             writer.as_mut().write(&params).await.map_err(|e| {
@@ -402,13 +418,98 @@ impl StateTables {
         tx.batch_execute(&sql).await.map_err(|e| sink_error(self.sink, &e))
     }
 
+    /// A primary-key change of a row whose TOASTed value did not change
+    /// arrives as a delete of the old key and a create of the new one, at
+    /// the same LSN, the create carrying Debezium's placeholder: the value
+    /// exists only in the old key's row. Creates write what they have and
+    /// mark the rest owed (`_cdc_pending`); these statements pay what is
+    /// owed from the old row, wherever it is: still in the table (its delete
+    /// in this batch: the create came first or in the same batch), kept by
+    /// a soft delete, or in the tombstone of an earlier batch's delete.
+    fn owed_values_sql(
+        &self,
+        table: &str,
+        staging: &str,
+        columns: &[(Field, String)],
+        key_count: usize,
+    ) -> Result<String> {
+        let mut from_delete = Vec::new();
+        let mut from_row = Vec::new();
+        let mut staged_keys = Vec::new();
+        for (i, (column, ty)) in columns.iter().enumerate() {
+            let name = quote_ident(&column.name)?;
+            if i < key_count {
+                staged_keys.push((name, column, ty));
+                continue;
+            }
+            let literal = quote_literal(&column.name);
+            let owed = format!("n._cdc_pending @> ARRAY[{literal}]");
+            // The staged delete's value, where its image had one; else the old row's.
+            let staged = cast_staged(&format!("d.{name}"), &column.data_type, ty);
+            from_delete.push(format!(
+                "{name} = CASE WHEN NOT {owed} THEN n.{name} \
+                 WHEN coalesce(d._cdc_unavailable::text[] @> ARRAY[{literal}], false) \
+                   OR coalesce(d._cdc_missing::text[] @> ARRAY[{literal}], false) THEN o.{name} \
+                 ELSE {staged} END"
+            ));
+            from_row.push(format!("{name} = CASE WHEN {owed} THEN o.{name} ELSE n.{name} END"));
+        }
+        if from_row.is_empty() {
+            return Ok(String::new());
+        }
+        let key_match = |row: &str, staged: &str| {
+            staged_keys
+                .iter()
+                .map(|(name, column, ty)| {
+                    format!("{row}.{name} = {}", cast_staged(&format!("{staged}.{name}"), &column.data_type, ty))
+                })
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        };
+        let same_change = |other: &str| {
+            format!(
+                "n._cdc_pending IS NOT NULL AND n._cdc_pending_at = left({other}._cdc_order, 32) \
+                 AND n._cdc_topic = {other}._cdc_topic"
+            )
+        };
+        // The delete is in this batch: its image, or the old row still in the table.
+        let mut sql = format!(
+            "UPDATE {table} AS n SET {fill}, _cdc_pending = NULL \
+             FROM {staging} d LEFT JOIN {table} o ON {old_key} \
+             WHERE d._cdc_op = 'd' AND {same};\n",
+            fill = from_delete.join(", "),
+            old_key = key_match("o", "d"),
+            same = same_change("d"),
+        );
+        // The delete was in an earlier batch: the row kept flagged, or its tombstone's image.
+        let this_batch = format!("s._cdc_unavailable IS NOT NULL AND {}", key_match("n", "s"));
+        let fill = from_row.join(", ");
+        sql.push_str(&match self.delete_mode {
+            DeleteMode::Soft => format!(
+                "UPDATE {table} AS n SET {fill}, _cdc_pending = NULL FROM {staging} s, {table} o \
+                 WHERE {this_batch} AND o._cdc_deleted AND {same};\n",
+                same = same_change("o"),
+            ),
+            DeleteMode::Hard => format!(
+                "UPDATE {table} AS n SET {fill}, _cdc_pending = NULL FROM {staging} s, {DELETED_KEYS} k, \
+                 LATERAL jsonb_populate_record(NULL::{table}, k.image) o \
+                 WHERE {this_batch} AND k.table_name = {table_literal} AND k.image IS NOT NULL \
+                 AND k._cdc_topic = n._cdc_topic \
+                 AND k.order_key >= n._cdc_pending_at AND k.order_key < n._cdc_pending_at || 'g' \
+                 AND n._cdc_pending IS NOT NULL;\n",
+                table_literal = quote_literal(table),
+            ),
+        });
+        Ok(sql)
+    }
+
     /// The set-based statements that move a staged batch into the table.
     fn apply_sql(&self, table: &str, staging: &str, columns: &[(Field, String)], key_count: usize) -> Result<String> {
         let mut names = Vec::new();
         let mut casts = Vec::new();
         for (column, ty) in columns {
             let name = quote_ident(&column.name)?;
-            casts.push(format!("s.{name}::{ty}"));
+            casts.push(cast_staged(&format!("s.{name}"), &column.data_type, ty));
             names.push(name);
         }
         // Key columns come first (`ensure_table`).
@@ -439,14 +540,23 @@ impl StateTables {
         if !sets_sql.is_empty() {
             sets_sql.push_str(", ");
         }
+        // Owed: what a primary-key change's create lacked; still owed,
+        // what was owed and this change did not send either.
+        sets_sql.push_str(
+            "_cdc_pending = CASE WHEN s._cdc_owed IS NOT NULL THEN s._cdc_unavailable::text[] \
+             ELSE NULLIF(ARRAY(SELECT unnest(t._cdc_pending) \
+             INTERSECT SELECT unnest(s._cdc_unavailable::text[])), '{}') END, \
+             _cdc_pending_at = COALESCE(s._cdc_owed, t._cdc_pending_at), ",
+        );
         let insert_columns = format!(
             "{}, _cdc_op, _cdc_order, _cdc_source_ts, _cdc_lsn, _cdc_tx_id, _cdc_topic, _cdc_partition, \
-             _cdc_offset, _cdc_synced_at",
+             _cdc_offset, _cdc_synced_at, _cdc_pending, _cdc_pending_at",
             names.join(", ")
         );
         let insert_values = format!(
             "{}, s._cdc_op, s._cdc_order, s._cdc_source_ts, s._cdc_lsn, s._cdc_tx_id, s._cdc_topic, \
-             s._cdc_partition, s._cdc_offset, now()",
+             s._cdc_partition, s._cdc_offset, now(), \
+             CASE WHEN s._cdc_owed IS NOT NULL THEN s._cdc_unavailable::text[] END, s._cdc_owed",
             casts.join(", ")
         );
         // A batch touches few rows of a large table: probe the primary key
@@ -482,16 +592,22 @@ impl StateTables {
              WHERE s._cdc_op <> 'd' AND ({staged_key}) NOT IN (SELECT * FROM updated) AND {not_buried} \
              ON CONFLICT DO NOTHING;\n"
         );
+        sql.push_str(&self.owed_values_sql(table, staging, columns, key_count)?);
         match self.delete_mode {
+            // The tombstone keeps the deleted row (`image`): the new key of a
+            // primary-key change read in a later batch takes its values.
             DeleteMode::Hard => sql.push_str(&format!(
-                "DELETE FROM {table} AS t USING {staging} s WHERE {key_match} AND s._cdc_op = 'd' \
-                 AND {newer};\n\
-                 INSERT INTO {DELETED_KEYS} (table_name, row_key, order_key, _cdc_topic, _cdc_partition, _cdc_offset) \
-                 SELECT {table_literal}, {row_key}, s._cdc_order, s._cdc_topic, s._cdc_partition, s._cdc_offset \
+                "WITH gone AS (DELETE FROM {table} AS t USING {staging} s WHERE {key_match} AND s._cdc_op = 'd' \
+                 AND {newer} RETURNING t.*) \
+                 INSERT INTO {DELETED_KEYS} \
+                 (table_name, row_key, order_key, _cdc_topic, _cdc_partition, _cdc_offset, image) \
+                 SELECT {table_literal}, {row_key}, s._cdc_order, s._cdc_topic, s._cdc_partition, s._cdc_offset, \
+                 coalesce((SELECT to_jsonb(t) FROM gone t WHERE {key_match}), to_jsonb(s)) \
                  FROM {staging} s WHERE s._cdc_op = 'd' \
                  ON CONFLICT (table_name, row_key) DO UPDATE \
                  SET order_key = EXCLUDED.order_key, _cdc_topic = EXCLUDED._cdc_topic, \
-                     _cdc_partition = EXCLUDED._cdc_partition, _cdc_offset = EXCLUDED._cdc_offset \
+                     _cdc_partition = EXCLUDED._cdc_partition, _cdc_offset = EXCLUDED._cdc_offset, \
+                     image = EXCLUDED.image \
                  WHERE {keep_newer_tombstone};"
             )),
             DeleteMode::Soft => sql.push_str(&format!(
@@ -508,6 +624,17 @@ impl StateTables {
 
 /// `character varying(50)` vs `character varying(100)` and the like: the
 /// same type family with another modifier is left as it is.
+/// The index that finds rows still owed TOASTed values by a primary-key
+/// change (`_cdc_pending`), by the LSN of the change: few rows, small index.
+fn pending_index(schema_name: &str, table_name: &str) -> Result<String> {
+    Ok(format!(
+        "CREATE INDEX IF NOT EXISTS {index} ON {schema}.{table} (_cdc_pending_at) WHERE _cdc_pending IS NOT NULL",
+        index = quote_ident(&format!("{table_name}_cdc_pending"))?,
+        schema = quote_ident(schema_name)?,
+        table = quote_ident(table_name)?,
+    ))
+}
+
 pub(super) fn same_family(current: &str, wanted: &str) -> bool {
     let family = |t: &str| t.split('(').next().unwrap_or(t).trim().to_owned();
     family(current) == family(wanted) && !matches!(family(current).as_str(), "numeric")

@@ -24,6 +24,7 @@ pub(crate) const OFFSETS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS cdc_meta; \
         PRIMARY KEY (table_name, row_key)); \
     ALTER TABLE cdc_meta.deleted_keys ADD COLUMN IF NOT EXISTS _cdc_topic text, \
         ADD COLUMN IF NOT EXISTS _cdc_partition integer, ADD COLUMN IF NOT EXISTS _cdc_offset bigint; \
+    ALTER TABLE cdc_meta.deleted_keys ADD COLUMN IF NOT EXISTS image jsonb; \
     CREATE INDEX IF NOT EXISTS deleted_keys_by_topic ON cdc_meta.deleted_keys (_cdc_topic, order_key)";
 
 /// Where deleted keys are remembered.

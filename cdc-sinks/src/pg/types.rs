@@ -35,6 +35,8 @@ pub fn pg_type(field: &Field) -> String {
 pub(super) fn base_pg_type(data_type: &DataType, source: Option<&str>, length: Option<i64>) -> String {
     use DataType::*;
     match data_type {
+        // `bit(1)` reaches Debezium's schema as a boolean.
+        Boolean if source == Some("BIT") => "bit(1)".into(),
         Boolean => "boolean".into(),
         Int8 | Int16 => "smallint".into(),
         Int32 | Year => "integer".into(),
@@ -51,6 +53,11 @@ pub(super) fn base_pg_type(data_type: &DataType, source: Option<&str>, length: O
             (Some("INET"), _) => "inet".into(),
             (Some("CIDR"), _) => "cidr".into(),
             (Some("MACADDR"), _) => "macaddr".into(),
+            (Some("MACADDR8"), _) => "macaddr8".into(),
+            (Some("TSVECTOR"), _) => "tsvector".into(),
+            (Some(range @ ("INT4RANGE" | "INT8RANGE" | "NUMRANGE" | "DATERANGE" | "TSRANGE" | "TSTZRANGE")), _) => {
+                range.to_ascii_lowercase()
+            }
             (Some("NUMERIC" | "DECIMAL"), _) => "numeric".into(),
             _ => "text".into(),
         },
@@ -146,6 +153,16 @@ impl PgColumnType {
 /// How a value travels in the binary COPY to the staging table. Types with
 /// a simple binary form go binary; the rest go as text and are cast to the
 /// column type by the apply statements.
+/// The expression that turns staged column `staged` (of its
+/// [`staging_type`]) into the table's type `ty`.
+pub(super) fn cast_staged(staged: &str, data_type: &DataType, ty: &str) -> String {
+    match data_type {
+        // PostgreSQL casts no boolean to a bit string; an integer it does.
+        DataType::Boolean if ty.starts_with("bit") => format!("{staged}::integer::{ty}"),
+        _ => format!("{staged}::{ty}"),
+    }
+}
+
 pub(super) fn staging_type(data_type: &DataType) -> Type {
     use DataType::*;
     match data_type {

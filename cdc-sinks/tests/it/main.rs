@@ -7,5 +7,6 @@ mod delta;
 mod interleavings;
 mod pg_datalake;
 mod pg_target;
+mod pk_change;
 mod schemas;
 mod support;
