@@ -11,6 +11,8 @@
 //! schemas. The I/O (a read-only query of `pg_attribute`) lives with the
 //! PostgreSQL code in cdc-sinks, behind [`SchemaCatalog`].
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime};
 use serde::Deserialize;
@@ -30,6 +32,13 @@ pub trait SchemaCatalog: Send + Sync {
 
     /// A short name for logs and errors (`source catalog`).
     fn name(&self) -> &str;
+
+    /// The column numbers of `schema.table` by column name (PostgreSQL's
+    /// `attnum`, which a rename keeps and a dropped column's number is
+    /// never reused), for telling renames from drops; `None` when unknown.
+    async fn column_numbers(&self, _table: &str) -> Result<Option<HashMap<String, i32>>> {
+        Ok(None)
+    }
 }
 
 /// How the connector encodes the types whose encoding is configurable; the

@@ -43,6 +43,7 @@ pub mod jsonl;
 #[cfg(feature = "test-utils")]
 pub mod memory;
 pub mod pipeline;
+pub mod renames;
 mod schema;
 mod sink;
 #[cfg(feature = "test-utils")]

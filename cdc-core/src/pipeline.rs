@@ -13,6 +13,7 @@ use crate::catalog::SchemaCatalog;
 use crate::decode::{Decoder, RawRecord};
 use crate::error::{Error, Position, Result};
 use crate::event::{ChangeEvent, Record};
+use crate::renames::{RenameDetection, Renames};
 use crate::sink::{Batch, Offsets, Sink};
 
 /// When to cut a batch: whichever limit is reached first.
@@ -145,6 +146,32 @@ impl RetryPolicy {
     }
 }
 
+/// Asks a catalog, retrying a few times while it cannot be reached; then the
+/// error stops the pipeline: the record is fine, only its types are missing.
+async fn ask_catalog<'c, T, F>(
+    catalog: &'c dyn SchemaCatalog,
+    retry: &RetryPolicy,
+    table: &str,
+    ask: impl Fn(&'c dyn SchemaCatalog) -> F,
+) -> Result<T>
+where
+    F: std::future::Future<Output = Result<T>>,
+{
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match ask(catalog).await {
+            Err(error) if error.is_outage() && attempt < ATTEMPTS => {
+                let wait = retry.wait_after(attempt).unwrap_or(Duration::from_secs(1));
+                tracing::warn!(%error, catalog = catalog.name(), table, "catalog unreachable; retrying");
+                tokio::time::sleep(wait).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Counters for progress lines and the demo's summary.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PipelineStats {
@@ -178,6 +205,7 @@ pub struct Pipeline {
     /// (table, column) a catalog was asked for and did not know, and when:
     /// not asked again for every record that carries it.
     untyped_misses: HashMap<(String, String), Instant>,
+    renames: Renames,
     pending: Vec<Record>,
     /// Raw bytes of pending change events, by position, for dead letters.
     pending_raw: BTreeMap<Position, RawBytes>,
@@ -200,6 +228,7 @@ impl Pipeline {
             partition_counts: BTreeMap::new(),
             catalogs: Vec::new(),
             untyped_misses: HashMap::new(),
+            renames: Renames::default(),
             pending: Vec::new(),
             pending_raw: BTreeMap::new(),
             pending_bytes: 0,
@@ -218,6 +247,12 @@ impl Pipeline {
     /// type, before the record is refused as [`Error::Untyped`].
     pub fn with_catalog(mut self, catalog: Box<dyn SchemaCatalog>) -> Pipeline {
         self.catalogs.push(catalog);
+        self
+    }
+
+    /// How column renames at the source are recognised (see [`crate::renames`]).
+    pub fn with_rename_detection(mut self, rule: RenameDetection) -> Pipeline {
+        self.renames = Renames::new(rule);
         self
     }
 
@@ -361,6 +396,9 @@ impl Pipeline {
         {
             decoded = self.decoder.decode(record);
         }
+        if let Ok(Record::Change(event)) = &mut decoded {
+            self.follow_renames(event).await?;
+        }
         match decoded {
             Ok(decoded) => {
                 if matches!(decoded, Record::Change(_)) {
@@ -381,24 +419,12 @@ impl Pipeline {
     /// fine, only its types are missing.
     async fn learn_types(&mut self, table: &str, column: &str) -> Result<bool> {
         const MISS_REMEMBERED: Duration = Duration::from_secs(60);
-        const ATTEMPTS: u32 = 5;
         let miss = (table.to_owned(), column.to_owned());
         if self.untyped_misses.get(&miss).is_some_and(|at| at.elapsed() < MISS_REMEMBERED) {
             return Ok(false);
         }
         for catalog in &self.catalogs {
-            let mut attempt = 0;
-            let schema = loop {
-                attempt += 1;
-                match catalog.table_schema(table).await {
-                    Err(error) if error.is_outage() && attempt < ATTEMPTS => {
-                        let wait = self.retry.wait_after(attempt).unwrap_or(Duration::from_secs(1));
-                        tracing::warn!(%error, catalog = catalog.name(), table, "catalog unreachable; retrying");
-                        tokio::time::sleep(wait).await;
-                    }
-                    other => break other?,
-                }
-            };
+            let schema = ask_catalog(catalog.as_ref(), &self.retry, table, |c| c.table_schema(table)).await?;
             if let Some(schema) = schema.filter(|s| s.index_of(column).is_some()) {
                 tracing::info!(catalog = catalog.name(), table, column, "column types read from the catalog");
                 self.decoder.register_schema(table, schema);
@@ -408,6 +434,22 @@ impl Pipeline {
         }
         self.untyped_misses.insert(miss, Instant::now());
         Ok(false)
+    }
+
+    /// Applies the renames known for the event's table, learning the
+    /// catalog's column numbers first where they may show a new one.
+    async fn follow_renames(&mut self, event: &mut ChangeEvent) -> Result<()> {
+        if !self.catalogs.is_empty() && self.renames.wants_numbers(event) {
+            let table = event.table().to_string();
+            for catalog in &self.catalogs {
+                let numbers = ask_catalog(catalog.as_ref(), &self.retry, &table, |c| c.column_numbers(&table)).await?;
+                if let Some(numbers) = numbers {
+                    self.renames.learn_numbers(&table, numbers);
+                    break;
+                }
+            }
+        }
+        self.renames.apply(event)
     }
 
     /// Takes a record that cannot be read (decoding failed, or a caller's own
@@ -467,7 +509,13 @@ impl Pipeline {
     /// events are found, which are dead-lettered (per sink) before any offset
     /// moves past them.
     pub async fn flush(&mut self) -> Result<Offsets> {
-        let records = std::mem::take(&mut self.pending);
+        let mut records = std::mem::take(&mut self.pending);
+        // A rename found after some of the batch was pushed applies to all of it.
+        for record in &mut records {
+            if let Record::Change(event) = record {
+                self.renames.rewrite(event)?;
+            }
+        }
         let raw = std::mem::take(&mut self.pending_raw);
         self.pending_bytes = 0;
         let started = self.batch_started.take();

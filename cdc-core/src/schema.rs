@@ -124,6 +124,8 @@ pub struct TableSchema {
     /// Indices into `fields` of the key columns (from the record key's schema).
     key: Vec<usize>,
     index: HashMap<String, usize>,
+    /// Columns that are earlier columns renamed at the source: (new, old).
+    renamed: Vec<(String, String)>,
 }
 
 impl TableSchema {
@@ -137,7 +139,7 @@ impl TableSchema {
                 })
             })
             .collect::<crate::Result<Vec<_>>>()?;
-        Ok(TableSchema { fields, key, index })
+        Ok(TableSchema { fields, key, index, renamed: Vec::new() })
     }
 
     pub fn fields(&self) -> &[Field] {
@@ -161,6 +163,36 @@ impl TableSchema {
         self.fields.get(self.index_of(name)?)
     }
 
+    /// The earlier name of column `name`, when the source renamed it (see
+    /// [`crate::renames`]): a sink renames its column rather than adding one.
+    pub fn renamed_from(&self, name: &str) -> Option<&str> {
+        self.renamed.iter().find(|(new, _)| new == name).map(|(_, old)| old.as_str())
+    }
+
+    /// Every (new, old) rename this schema knows.
+    pub fn renames(&self) -> &[(String, String)] {
+        &self.renamed
+    }
+
+    /// The same schema with column `old` called `new` (when it has `old`),
+    /// and knowing that `new` was `old`.
+    pub fn with_rename(&self, old: &str, new: &str) -> crate::Result<TableSchema> {
+        let mut fields = self.fields.clone();
+        if self.index_of(new).is_none() {
+            for field in fields.iter_mut().filter(|f| f.name == old) {
+                field.name = new.to_owned();
+            }
+        }
+        let key: Vec<String> = self.key_names().map(|k| if k == old { new.to_owned() } else { k.to_owned() }).collect();
+        let key: Vec<&str> = key.iter().map(String::as_str).collect();
+        let mut renamed = TableSchema::new(fields, &key)?;
+        renamed.renamed = self.renamed.clone();
+        if renamed.renamed_from(new).is_none() {
+            renamed.renamed.push((new.to_owned(), old.to_owned()));
+        }
+        Ok(renamed)
+    }
+
     /// The same columns with another key (used when the key schema arrives
     /// separately from the value schema).
     /// Every column of `schemas` (versions of one table, newest first): a
@@ -170,10 +202,10 @@ impl TableSchema {
     /// own values (null where its version lacks the column), so which
     /// batch an event lands in does not change what is written.
     pub fn union<'a>(schemas: impl IntoIterator<Item = &'a TableSchema>) -> crate::Result<TableSchema> {
-        let mut schemas = schemas.into_iter();
-        let Some(newest) = schemas.next() else { return TableSchema::new(Vec::new(), &[]) };
+        let schemas: Vec<&TableSchema> = schemas.into_iter().collect();
+        let Some(newest) = schemas.first() else { return TableSchema::new(Vec::new(), &[]) };
         let mut fields = newest.fields.clone();
-        for older in schemas {
+        for older in schemas.iter().skip(1) {
             for field in older.fields() {
                 match fields.iter_mut().find(|f| f.name == field.name) {
                     None => fields.push(field.clone()),
@@ -188,7 +220,13 @@ impl TableSchema {
             }
         }
         let key: Vec<&str> = newest.key_names().collect();
-        TableSchema::new(fields, &key)
+        let mut union = TableSchema::new(fields, &key)?;
+        for rename in schemas.iter().flat_map(|s| s.renamed.iter()) {
+            if !union.renamed.contains(rename) {
+                union.renamed.push(rename.clone());
+            }
+        }
+        Ok(union)
     }
 
     pub fn with_key(&self, key_columns: &[&str]) -> crate::Result<TableSchema> {

@@ -5,6 +5,7 @@
 use anyhow::{Context, bail};
 use cdc_lakehouse::core::catalog::HandlingModes;
 use cdc_lakehouse::core::pipeline::{BatchPolicy, DeadLetterStore, OnError, Pipeline, RetryPolicy};
+use cdc_lakehouse::core::renames::RenameDetection;
 use cdc_lakehouse::core::{Decoder, Sink};
 use cdc_lakehouse::kafka::KafkaConfig;
 use cdc_lakehouse::sinks::{
@@ -47,6 +48,12 @@ pub struct SourceConfig {
     /// are not a database whose catalog can be read.
     #[serde(default)]
     pub json_shape: bool,
+    /// How column renames at the source are told from drops: `catalog`
+    /// (column numbers, with `schema_url`; otherwise a renamed column is a
+    /// new column) or `same_position` (also: one column gone and one new of
+    /// the same type at the same position in one schema change).
+    #[serde(default)]
+    pub rename_detection: RenameDetection,
 }
 
 /// A sink section: `enabled = false` switches it off.
@@ -139,7 +146,8 @@ impl Config {
         let mut pipeline = Pipeline::new(decoder, self.sinks(), dead_letters)
             .with_policy(self.batch.clone())
             .with_retry(self.retry.clone())
-            .with_on_error(self.on_error);
+            .with_on_error(self.on_error)
+            .with_rename_detection(self.source.rename_detection);
         if let Some(url) = &self.source.schema_url {
             let connection = PgConnectionConfig::new(url.expose());
             pipeline = pipeline.with_catalog(Box::new(PgSourceCatalog::new(connection, self.source.modes.clone())));

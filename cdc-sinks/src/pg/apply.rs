@@ -159,7 +159,17 @@ impl StateTables {
             }
         }
         let table = format!("{}.{}", quote_ident(schema_name)?, quote_ident(table_name)?);
-        let known = self.known.get(&id).cloned().unwrap_or(KnownTable { columns: BTreeMap::new() });
+        let mut known = self.known.get(&id).cloned().unwrap_or(KnownTable { columns: BTreeMap::new() });
+        // A column renamed at the source is renamed here, keeping its values.
+        for (new, old) in schema.renames() {
+            if !known.columns.contains_key(new)
+                && let Some(ty) = known.columns.remove(old)
+            {
+                let sql = format!("ALTER TABLE {table} RENAME COLUMN {} TO {}", quote_ident(old)?, quote_ident(new)?);
+                tx.batch_execute(&sql).await.map_err(|e| sink_error(self.sink, &e))?;
+                known.columns.insert(new.clone(), ty);
+            }
+        }
         let mut changed = known.clone();
         for column in &columns {
             let wanted = pg_type(column);
@@ -168,12 +178,7 @@ impl StateTables {
                     // `ADD COLUMN ... DEFAULT v` at the source fills the rows
                     // it holds without emitting events: so does this (the
                     // Connect schema carries the default).
-                    let default = column
-                        .default
-                        .as_ref()
-                        .and_then(|value| pg_text(&column.data_type, value, false))
-                        .map(|text| format!(" DEFAULT {}::{wanted}", quote_literal(&text)))
-                        .unwrap_or_default();
+                    let default = column_default(column, &wanted);
                     let sql = format!(
                         "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {} {wanted}{default}",
                         quote_ident(&column.name)?
@@ -262,7 +267,10 @@ impl StateTables {
         for column in columns {
             let ty = pg_type(column);
             let not_null = if key.contains(&column.name.as_str()) { " NOT NULL" } else { "" };
-            definitions.push(format!("{} {ty}{not_null}", quote_ident(&column.name)?));
+            // Rows of events from before the source added the column take
+            // its default, as the source's rows did.
+            let default = column_default(column, &ty);
+            definitions.push(format!("{} {ty}{not_null}{default}", quote_ident(&column.name)?));
             known.insert(column.name.clone(), ty);
         }
         for (name, ty) in metadata_columns(self.delete_mode) {
@@ -624,6 +632,19 @@ impl StateTables {
 
 /// `character varying(50)` vs `character varying(100)` and the like: the
 /// same type family with another modifier is left as it is.
+/// ` DEFAULT v` for a column whose schema has a default, else nothing.
+fn column_default(column: &Field, ty: &str) -> String {
+    column
+        .default
+        .as_ref()
+        .and_then(|value| pg_text(&column.data_type, value, false))
+        .map(|text| {
+            let staged = format!("{}::{}", quote_literal(&text), staging_type(&column.data_type).name());
+            format!(" DEFAULT {}", cast_staged(&staged, &column.data_type, ty))
+        })
+        .unwrap_or_default()
+}
+
 /// The index that finds rows still owed TOASTed values by a primary-key
 /// change (`_cdc_pending`), by the LSN of the change: few rows, small index.
 fn pending_index(schema_name: &str, table_name: &str) -> Result<String> {

@@ -3,6 +3,8 @@
 //! length, precision and scale, enum labels, NOT NULL, defaults and the
 //! primary key. Read-only queries of `pg_catalog`, which every role may read.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use cdc_core::catalog::{CatalogColumn, HandlingModes, SchemaCatalog, connect_columns};
 use cdc_core::{Result, TableSchema};
@@ -34,6 +36,13 @@ const COLUMNS: &str = "\
     LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
     WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
     ORDER BY a.attnum";
+
+const COLUMN_NUMBERS: &str = "\
+    SELECT a.attname::text, a.attnum::int4 \
+    FROM pg_attribute a \
+    JOIN pg_class c ON c.oid = a.attrelid \
+    JOIN pg_namespace n ON n.oid = c.relnamespace \
+    WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped";
 
 const PRIMARY_KEY: &str = "\
     SELECT a.attname \
@@ -104,5 +113,23 @@ impl SchemaCatalog for PgSourceCatalog {
 
     fn name(&self) -> &str {
         NAME
+    }
+
+    async fn column_numbers(&self, table: &str) -> Result<Option<HashMap<String, i32>>> {
+        let Some((schema, name)) = table.split_once('.') else { return Ok(None) };
+        let mut connection = self.connection.lock().await;
+        let outcome = async {
+            let client = connection.client().await?;
+            client.query(COLUMN_NUMBERS, &[&schema, &name]).await.map_err(|e| sink_error(NAME, &e))
+        }
+        .await;
+        match outcome {
+            Ok(rows) if rows.is_empty() => Ok(None),
+            Ok(rows) => Ok(Some(rows.iter().map(|row| (row.get(0), row.get(1))).collect())),
+            Err(error) => {
+                connection.reset();
+                Err(error)
+            }
+        }
     }
 }

@@ -4,6 +4,7 @@
 mod catalog;
 #[cfg(feature = "delta")]
 mod delta;
+mod fidelity;
 mod interleavings;
 mod pg_datalake;
 mod pg_target;
