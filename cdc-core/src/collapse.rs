@@ -94,9 +94,47 @@ pub fn collapse<'a>(events: &[&'a ChangeEvent]) -> Vec<TableChange<'a>> {
         }
     }
     if !rows.is_empty() {
+        pay_owed_values(&mut rows);
         out.push(TableChange::Rows(rows));
     }
     out
+}
+
+/// A primary-key change's create owes the values its old key's row had
+/// (see [`RowChange::owed_since`]): where the batch holds that row (the
+/// delete at the same LSN, its before-image filled from the batch), the
+/// create takes them here; sinks look for the rest in what they store.
+fn pay_owed_values(rows: &mut [RowChange<'_>]) {
+    let same_change = |a: OrderKey, b: OrderKey| a.commit_lsn == b.commit_lsn && a.lsn == b.lsn;
+    let deletes: Vec<(OrderKey, Arc<crate::TableSchema>, Row)> = rows
+        .iter()
+        .filter(|r| r.is_delete())
+        .filter_map(|r| Some((r.event.order, r.event.schema.clone(), r.before.as_deref()?.clone())))
+        .collect();
+    if deletes.is_empty() {
+        return;
+    }
+    for row in rows.iter_mut() {
+        let Some(owed) = row.owed_since else { continue };
+        let Some((_, old_schema, old_row)) = deletes.iter().find(|(order, _, _)| same_change(*order, owed)) else {
+            continue;
+        };
+        let schema = row.event.schema.clone();
+        let Some(after) = row.after.as_mut() else { continue };
+        let after = after.to_mut();
+        for (i, value) in after.iter_mut().enumerate() {
+            if !value.is_unavailable() {
+                continue;
+            }
+            let old = schema.fields().get(i).and_then(|f| old_schema.index_of(&f.name)).and_then(|j| old_row.get(j));
+            if let Some(old) = old.filter(|v| !v.is_unavailable()) {
+                *value = old.clone();
+            }
+        }
+        if !after.iter().any(Value::is_unavailable) {
+            row.owed_since = None;
+        }
+    }
 }
 
 /// Fills the newer change's unavailable columns (of its after-image, or of

@@ -8,6 +8,7 @@
 mod convert;
 mod history;
 pub mod maintenance;
+mod owed;
 pub mod time_travel;
 mod widen;
 
@@ -483,6 +484,7 @@ async fn apply_rows(
     }
     let (table, existing) = reshape_if_needed(name, table, &schema, &batch, guard).await?;
     let source = convert::for_delta(name, &batch, existing.as_ref(), config.soft_delete)?;
+    let source = owed::pay_from_table(name, &table, source, rows, &key).await?;
     let source = convert::sort_by_key(&source, &key)?;
     let has_rows = table.version().is_some() && convert::has_files(&table)?;
     let deletes = rows.iter().any(RowChange::is_delete);
@@ -514,9 +516,26 @@ async fn reshape_if_needed(
 ) -> Result<(DeltaTable, Option<deltalake::arrow::datatypes::SchemaRef>)> {
     let existing = convert::table_schema(&table)?;
     let Some(stored) = &existing else { return Ok((table, existing)) };
-    let mut change = widen::Rewrite { widen: widen::needed(stored, &batch.schema()), add: Vec::new() };
+    // Columns renamed at the source are renamed here, keeping their values.
+    let rename: Vec<(String, String)> = schema
+        .renames()
+        .iter()
+        .filter(|(new, old)| stored.field_with_name(old).is_ok() && stored.field_with_name(new).is_err())
+        .map(|(new, old)| (old.clone(), new.clone()))
+        .collect();
+    let renamed_stored = deltalake::arrow::datatypes::Schema::new(
+        stored
+            .fields()
+            .iter()
+            .map(|f| {
+                let new = rename.iter().find(|(old, _)| old == f.name()).map_or(f.name().as_str(), |(_, new)| new);
+                f.as_ref().clone().with_name(new)
+            })
+            .collect::<Vec<_>>(),
+    );
+    let mut change = widen::Rewrite { widen: widen::needed(&renamed_stored, &batch.schema()), add: Vec::new(), rename };
     if convert::has_files(&table)? {
-        for field in schema.fields().iter().filter(|f| stored.field_with_name(&f.name).is_err()) {
+        for field in schema.fields().iter().filter(|f| renamed_stored.field_with_name(&f.name).is_err()) {
             let Some(default) = &field.default else { continue };
             let raw = cdc_core::arrow::value_array(&field.data_type, &[default]).map_err(|message| Error::Sink {
                 sink: NAME.into(),

@@ -3,7 +3,8 @@
 //! (delta-rs has no type-widening table feature: int -> bigint, real ->
 //! double, numeric(p,s) -> numeric(p',s') keeping every digit), and adding a
 //! column with the default PostgreSQL gave the rows that existed (`ADD
-//! COLUMN ... DEFAULT v` emits no events for them). Older versions stay
+//! COLUMN ... DEFAULT v` emits no events for them), and renaming a column
+//! renamed at the source (delta-rs writes no column mapping). Older versions stay
 //! readable (time travel) until vacuumed; the `txn` offsets are untouched
 //! (the batch's own commit follows).
 
@@ -66,11 +67,18 @@ pub struct Rewrite {
     pub widen: Vec<(String, DataType)>,
     /// Columns added, with the one-row value every existing row gets.
     pub add: Vec<(Field, ArrayRef)>,
+    /// Columns renamed: (old, new). `widen` names columns by their new name.
+    pub rename: Vec<(String, String)>,
 }
 
 impl Rewrite {
     pub fn is_empty(&self) -> bool {
-        self.widen.is_empty() && self.add.is_empty()
+        self.widen.is_empty() && self.add.is_empty() && self.rename.is_empty()
+    }
+
+    /// The name column `name` of the stored table has after the rewrite.
+    pub fn new_name<'a>(&'a self, name: &'a str) -> &'a str {
+        self.rename.iter().find(|(old, _)| old == name).map_or(name, |(_, new)| new.as_str())
     }
 }
 
@@ -92,10 +100,12 @@ pub async fn rewrite(
         message: format!("table {name} has no schema to widen"),
         retriable: false,
     })?;
+    // The stored field as the rewrite writes it: renamed, then widened.
     let wider = |field: &Field| -> Field {
+        let field = field.clone().with_name(change.new_name(field.name()));
         match columns.iter().find(|(column, _)| column == field.name()) {
-            Some((_, data_type)) => field.clone().with_data_type(data_type.clone()),
-            None => field.clone(),
+            Some((_, data_type)) => field.with_data_type(data_type.clone()),
+            None => field,
         }
     };
     let mut fields: Vec<Field> = stored.fields().iter().map(|f| wider(f)).collect();
@@ -104,9 +114,9 @@ pub async fn rewrite(
     let mut rewritten = Vec::with_capacity(batches.len().max(1));
     for batch in &batches {
         let mut cast_columns = Vec::with_capacity(schema.fields().len());
-        for field in stored.fields() {
-            let field = wider(field);
-            let column = batch.column_by_name(field.name()).ok_or_else(|| Error::Sink {
+        for stored_field in stored.fields() {
+            let field = wider(stored_field);
+            let column = batch.column_by_name(stored_field.name()).ok_or_else(|| Error::Sink {
                 sink: NAME.into(),
                 message: format!("table {name}: column {} missing while widening", field.name()),
                 retriable: false,
@@ -125,10 +135,12 @@ pub async fn rewrite(
     }
     let widened: Vec<String> = columns.iter().map(|(column, data_type)| format!("{column}: {data_type}")).collect();
     let added: Vec<&str> = change.add.iter().map(|(field, _)| field.name().as_str()).collect();
+    let renamed: Vec<String> = change.rename.iter().map(|(old, new)| format!("{old} -> {new}")).collect();
     tracing::info!(
         table = name,
         widened = %widened.join(", "),
         added = %added.join(", "),
+        renamed = %renamed.join(", "),
         "schema change Delta cannot make in place: rewriting the table"
     );
     table
