@@ -162,3 +162,65 @@ fn find_renames(
     let same_type = before.fields().get(i).map(|f| &f.data_type) == after.fields().get(j).map(|f| &f.data_type);
     if i == j && same_type { vec![((*old).to_owned(), (*new).to_owned())] } else { Vec::new() }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{DataType, Field};
+
+    fn schema(columns: &[(&str, DataType)]) -> TableSchema {
+        let fields = columns
+            .iter()
+            .map(|(name, data_type)| Field {
+                name: (*name).into(),
+                data_type: data_type.clone(),
+                nullable: true,
+                default: None,
+                source: None,
+            })
+            .collect();
+        TableSchema::new(fields, &["id"]).unwrap()
+    }
+
+    #[test]
+    fn by_position_only_one_gone_one_new_same_type_same_place() {
+        use DataType::{Int32, String as Text};
+        let before = schema(&[("id", Int32), ("status", Text), ("total", Int32)]);
+        let renamed = schema(&[("id", Int32), ("order_status", Text), ("total", Int32)]);
+        let rule = RenameDetection::SamePosition;
+        let none = HashMap::new();
+        let found = find_renames(rule, &none, &before, &renamed, &["status"], &["order_status"]);
+        assert_eq!(found, [("status".to_owned(), "order_status".to_owned())]);
+        // Another type, another place, or more than one change: a drop and an add.
+        let retyped = schema(&[("id", Int32), ("order_status", Int32), ("total", Int32)]);
+        assert!(find_renames(rule, &none, &before, &retyped, &["status"], &["order_status"]).is_empty());
+        let moved = schema(&[("id", Int32), ("total", Int32), ("order_status", Text)]);
+        assert!(find_renames(rule, &none, &before, &moved, &["status"], &["order_status"]).is_empty());
+        let two = schema(&[("id", Int32), ("a", Text), ("b", Int32)]);
+        assert!(find_renames(rule, &none, &before, &two, &["status", "total"], &["a", "b"]).is_empty());
+        // The default rule guesses nothing.
+        assert!(
+            find_renames(RenameDetection::Catalog, &none, &before, &renamed, &["status"], &["order_status"]).is_empty()
+        );
+    }
+
+    #[test]
+    fn by_column_number_whatever_the_position() {
+        use DataType::{Int32, String as Text};
+        let before = schema(&[("id", Int32), ("status", Text), ("total", Int32)]);
+        // `total` dropped and `status` renamed in one change, `note` added.
+        let after = schema(&[("id", Int32), ("order_status", Text), ("note", Text)]);
+        let numbers: HashMap<String, i32> = [("id", 1), ("status", 2), ("total", 3), ("order_status", 2), ("note", 4)]
+            .map(|(n, i)| (n.into(), i))
+            .into();
+        let found = find_renames(
+            RenameDetection::Catalog,
+            &numbers,
+            &before,
+            &after,
+            &["status", "total"],
+            &["order_status", "note"],
+        );
+        assert_eq!(found, [("status".to_owned(), "order_status".to_owned())]);
+    }
+}
