@@ -51,7 +51,7 @@ pub enum Error {
     /// 3.14), so it is not written.
     #[error(
         "cannot decode record {position} field `{field}`: column `{column}` of `{table}` has no known type \
-         (the record has no Connect schema). Either set `source_schema_url` (CDC_SOURCE_SCHEMA_URL) to the \
+         (the record has no Connect schema, and no source catalog or sink table gives it). Either set `source_schema_url` (CDC_SOURCE_SCHEMA_URL) to the \
          source database so column types are read from its catalog, or enable schemas in the connector's \
          converter (value.converter.schemas.enable=true)"
     )]

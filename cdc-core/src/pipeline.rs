@@ -432,6 +432,17 @@ impl Pipeline {
                 return Ok(true);
             }
         }
+        // Else the types of the table a sink already holds (which keeps
+        // columns dropped at the source since).
+        for sink in &mut self.sinks {
+            let schema = sink.column_types(table).await?;
+            if let Some(schema) = schema.filter(|s| s.index_of(column).is_some()) {
+                tracing::info!(sink = sink.name(), table, column, "column types read from the sink's table");
+                self.decoder.register_schema(table, schema);
+                self.untyped_misses.retain(|(t, _), _| t != table);
+                return Ok(true);
+            }
+        }
         self.untyped_misses.insert(miss, Instant::now());
         Ok(false)
     }

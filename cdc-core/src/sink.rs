@@ -162,4 +162,12 @@ pub trait Sink: Send {
     fn status(&self) -> Option<String> {
         None
     }
+
+    /// The column types this sink's copy of `schema.table` holds, as
+    /// Debezium encodes them (the connector's default handling modes): the
+    /// pipeline's last source of types for schemaless records, after the
+    /// source catalog. `None` when the sink cannot say exactly.
+    async fn column_types(&mut self, _table: &str) -> Result<Option<crate::TableSchema>> {
+        Ok(None)
+    }
 }

@@ -72,6 +72,11 @@ pub(super) fn metadata_columns(mode: DeleteMode) -> Vec<(&'static str, &'static 
 }
 
 impl StateTables {
+    /// The schema this sink keeps tables of source schema `source_schema` in.
+    pub fn schema_name(&self, source_schema: &str) -> String {
+        self.schema.clone().unwrap_or_else(|| source_schema.to_owned())
+    }
+
     pub fn new(sink: &'static str, schema: Option<String>, delete_mode: DeleteMode) -> StateTables {
         StateTables { sink, schema, delete_mode, known: HashMap::new(), staging_counter: 0 }
     }
@@ -656,9 +661,26 @@ fn pending_index(schema_name: &str, table_name: &str) -> Result<String> {
     ))
 }
 
+/// Whether two column types differ only in their modifiers (`varchar(20)`
+/// and `varchar(40)`, `timestamp(3) without time zone` and `timestamp
+/// without time zone`); numerics, whose scale changes values, never do.
 pub(super) fn same_family(current: &str, wanted: &str) -> bool {
-    let family = |t: &str| t.split('(').next().unwrap_or(t).trim().to_owned();
-    family(current) == family(wanted) && !matches!(family(current).as_str(), "numeric")
+    let family = |t: &str| {
+        let mut depth = 0;
+        let bare: String = t
+            .chars()
+            .filter(|c| {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => return depth == 0,
+                }
+                false
+            })
+            .collect();
+        bare.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    family(current) == family(wanted) && !family(current).starts_with("numeric")
 }
 
 pub(super) fn array_literal(items: &[&str]) -> String {

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use cdc_core::catalog::{CatalogColumn, HandlingModes, SchemaCatalog, connect_columns};
 use cdc_core::{Result, TableSchema};
 use tokio::sync::Mutex;
+use tokio_postgres::Client;
 
 use super::{Connection, PgConnectionConfig, sink_error};
 
@@ -70,31 +71,38 @@ impl PgSourceCatalog {
     /// there is no such table.
     pub async fn columns(&self, schema: &str, table: &str) -> Result<(Vec<CatalogColumn>, Vec<String>)> {
         let mut connection = self.connection.lock().await;
-        let outcome = async {
-            let client = connection.client().await?;
-            let rows = client.query(COLUMNS, &[&schema, &table]).await.map_err(|e| sink_error(NAME, &e))?;
-            let key = client.query(PRIMARY_KEY, &[&schema, &table]).await.map_err(|e| sink_error(NAME, &e))?;
-            let columns = rows
-                .iter()
-                .map(|row| CatalogColumn {
-                    name: row.get(0),
-                    base_type: row.get(1),
-                    declared_type: row.get(2),
-                    array: row.get(3),
-                    type_modifier: row.get(4),
-                    enum_labels: row.get(5),
-                    not_null: row.get(6),
-                    default_expression: row.get(7),
-                })
-                .collect();
-            Ok((columns, key.iter().map(|row| row.get(0)).collect()))
-        }
-        .await;
+        let outcome = async { read_columns(connection.client().await?, NAME, schema, table).await }.await;
         if outcome.is_err() {
             connection.reset();
         }
         outcome
     }
+}
+
+/// The columns of `schema.table` in the database `client` is connected to,
+/// with its primary key; empty when there is no such table.
+pub(super) async fn read_columns(
+    client: &Client,
+    sink: &str,
+    schema: &str,
+    table: &str,
+) -> Result<(Vec<CatalogColumn>, Vec<String>)> {
+    let rows = client.query(COLUMNS, &[&schema, &table]).await.map_err(|e| sink_error(sink, &e))?;
+    let key = client.query(PRIMARY_KEY, &[&schema, &table]).await.map_err(|e| sink_error(sink, &e))?;
+    let columns = rows
+        .iter()
+        .map(|row| CatalogColumn {
+            name: row.get(0),
+            base_type: row.get(1),
+            declared_type: row.get(2),
+            array: row.get(3),
+            type_modifier: row.get(4),
+            enum_labels: row.get(5),
+            not_null: row.get(6),
+            default_expression: row.get(7),
+        })
+        .collect();
+    Ok((columns, key.iter().map(|row| row.get(0)).collect()))
 }
 
 #[async_trait]

@@ -2,8 +2,10 @@
 //! faithful types, same primary key, plus CDC metadata columns; hard deletes.
 
 use async_trait::async_trait;
-use cdc_core::{Batch, Offsets, Result, Sink};
+use cdc_core::catalog::{HandlingModes, connect_columns};
+use cdc_core::{Batch, Offsets, Result, Sink, TableSchema};
 
+use super::catalog::read_columns;
 use super::{
     DeleteMode, PgBase, PgConnectionConfig, StateTables, StoredOffsets, TransactionalSink, apply_with_retries,
     sink_error,
@@ -71,5 +73,20 @@ impl Sink for PgTargetSink {
 
     async fn apply(&mut self, batch: &Batch) -> Result<()> {
         apply_with_retries(self, batch).await
+    }
+
+    /// The mirror's column types, which keep what the source dropped since.
+    /// Exact for tables this version created (time precisions kept).
+    async fn column_types(&mut self, table: &str) -> Result<Option<TableSchema>> {
+        let Some((source_schema, name)) = table.split_once('.') else { return Ok(None) };
+        let schema = self.tables.schema_name(source_schema);
+        let client = self.base.connection.client().await?;
+        let (mut columns, key) = read_columns(client, NAME, &schema, name).await?;
+        columns.retain(|c| !c.name.starts_with("_cdc_"));
+        if columns.is_empty() {
+            return Ok(None);
+        }
+        let key: Vec<&str> = key.iter().map(String::as_str).collect();
+        connect_columns(&columns, &key, &HandlingModes::default()).map(Some)
     }
 }

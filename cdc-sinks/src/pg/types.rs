@@ -29,7 +29,14 @@ pub fn pg_type(field: &Field) -> String {
     let source = field.source.as_ref();
     let source_name = source.map(|s| s.type_name.to_ascii_uppercase());
     let length = source.and_then(|s| s.length).filter(|&l| l > 0 && l < 10_485_760);
-    base_pg_type(&field.data_type, source_name.as_deref(), length)
+    // A time or timestamp of fewer fractional digits keeps them: Debezium
+    // sends milliseconds for up to 3, so the table says which it is.
+    let precision = source.and_then(|s| s.scale).filter(|p| (0..6).contains(p));
+    match (&field.data_type, precision) {
+        (DataType::Time(_), Some(p)) => format!("time({p}) without time zone"),
+        (DataType::Timestamp(_), Some(p)) => format!("timestamp({p}) without time zone"),
+        (data_type, _) => base_pg_type(data_type, source_name.as_deref(), length),
+    }
 }
 
 pub(super) fn base_pg_type(data_type: &DataType, source: Option<&str>, length: Option<i64>) -> String {
@@ -101,6 +108,9 @@ pub(super) fn widens(from: &str, to: &str) -> bool {
         // Any value has a text form (the rule before these families were known).
         (_, Text) => true,
         (BitVarying(Some(n)), BitVarying(m)) => m.is_none_or(|m| m > n),
+        (Temporal { timestamp: a, zoned: z, precision: p }, Temporal { timestamp: b, zoned: y, precision: q }) => {
+            a == b && z == y && p < q
+        }
         _ => false,
     }
 }
@@ -120,11 +130,30 @@ pub(super) enum PgColumnType {
     Char(i64),
     Text,
     BitVarying(Option<i64>),
+    /// `time` or `timestamp`, with or without time zone, by fractional digits.
+    Temporal {
+        timestamp: bool,
+        zoned: bool,
+        precision: i64,
+    },
     Other,
 }
 
 impl PgColumnType {
     fn parse(name: &str) -> PgColumnType {
+        for (prefix, timestamp) in [("timestamp", true), ("time", false)] {
+            let Some(rest) = name.strip_prefix(prefix) else { continue };
+            let (precision, rest) = match rest.strip_prefix('(').and_then(|r| r.split_once(')')) {
+                Some((digits, rest)) => (digits.trim().parse().unwrap_or(6), rest),
+                None => (6, rest),
+            };
+            let zoned = match rest.trim() {
+                "" | "without time zone" => false,
+                "with time zone" => true,
+                _ => continue,
+            };
+            return PgColumnType::Temporal { timestamp, zoned, precision };
+        }
         let (family, arguments) = match name.split_once('(') {
             Some((family, rest)) => (family.trim(), rest.trim_end_matches(')')),
             None => (name.trim(), ""),
@@ -200,6 +229,8 @@ mod tests {
             ("integer", "text"),
             ("character varying(20)", "character varying"),
             ("bit varying(5)", "bit varying"),
+            ("timestamp(3) without time zone", "timestamp without time zone"),
+            ("time(0) without time zone", "time(3) without time zone"),
         ] {
             assert!(widens(from, to), "{from} -> {to}");
         }
@@ -214,6 +245,8 @@ mod tests {
             ("text", "character varying(100)"),
             ("text", "integer"),
             ("numeric(12,2)", "numeric(12,2)"),
+            ("timestamp without time zone", "timestamp(3) without time zone"),
+            ("time(3) without time zone", "timestamp without time zone"),
         ] {
             assert!(!widens(from, to), "{from} -> {to}");
         }
