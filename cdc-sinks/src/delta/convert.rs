@@ -85,7 +85,7 @@ pub fn for_delta(
         } else {
             cast(column, &target).map_err(|e| sink_error(e.to_string()))?
         };
-        let converted = clamp_infinities(converted);
+        let converted = fit_delta_range(table, field.name(), converted)?;
         let mut new_field = Field::new(field.name(), target, true).with_metadata(field.metadata().clone());
         if let Some(logical) = logical {
             let mut metadata = field.metadata().clone();
@@ -124,29 +124,47 @@ pub fn for_delta(
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| sink_error(e.to_string()))
 }
 
-/// Delta (like Spark) has no infinite dates or timestamps, and deltalake's
-/// statistics overflow on them: PostgreSQL's `infinity` / `-infinity` are
-/// stored as the last and first representable instants, 9999-12-31 and
-/// 0001-01-01.
-fn clamp_infinities(column: ArrayRef) -> ArrayRef {
+/// Delta (like Spark) keeps dates and timestamps from 0001-01-01 to
+/// 9999-12-31 and has no infinity (deltalake's statistics overflow on it):
+/// PostgreSQL's `infinity` / `-infinity` are stored as the last and first
+/// representable instants. Any other value outside that range (a BC date) is
+/// refused, naming the column: it cannot be stored as it is, and is never
+/// stored as another date.
+fn fit_delta_range(table: &str, name: &str, column: ArrayRef) -> Result<ArrayRef> {
     const MAX_DAY: i32 = 2_932_896; // 9999-12-31
     const MIN_DAY: i32 = -719_162; // 0001-01-01
     const MAX_MICROS: i64 = 253_402_300_799_999_999; // 9999-12-31 23:59:59.999999
     const MIN_MICROS: i64 = -62_135_596_800_000_000; // 0001-01-01 00:00:00
+    let refuse = |value: String| {
+        sink_error(format!(
+            "column {name} of Delta table {table}: {value} is outside what Delta stores (0001-01-01 to \
+             9999-12-31); the event goes to the dead-letter store"
+        ))
+    };
     match column.data_type() {
         DataType::Date32 => {
             let days = column.as_primitive::<Date32Type>();
-            Arc::new(days.unary::<_, Date32Type>(|d| d.clamp(MIN_DAY, MAX_DAY)))
+            let infinite = |d: i32| d == i32::MAX || d == i32::MIN;
+            if let Some(day) = days.iter().flatten().find(|d| !(MIN_DAY..=MAX_DAY).contains(d) && !infinite(*d)) {
+                let date = chrono::NaiveDate::from_num_days_from_ce_opt(day.saturating_add(719_163));
+                return Err(refuse(date.map_or(format!("{day} days from 1970-01-01"), |d| format!("the date {d}"))));
+            }
+            Ok(Arc::new(days.unary::<_, Date32Type>(|d| d.clamp(MIN_DAY, MAX_DAY))))
         }
         DataType::Timestamp(TimeUnit::Microsecond, zone) => {
             let micros = column.as_primitive::<TimestampMicrosecondType>();
-            Arc::new(
+            let infinite = |t: i64| t == i64::MAX || t == i64::MIN;
+            if let Some(t) = micros.iter().flatten().find(|t| !(MIN_MICROS..=MAX_MICROS).contains(t) && !infinite(*t)) {
+                let at = chrono::DateTime::from_timestamp_micros(t).map(|t| t.naive_utc().to_string());
+                return Err(refuse(at.map_or(format!("{t} µs from 1970-01-01"), |t| format!("the timestamp {t}"))));
+            }
+            Ok(Arc::new(
                 micros
                     .unary::<_, TimestampMicrosecondType>(|t| t.clamp(MIN_MICROS, MAX_MICROS))
                     .with_timezone_opt(zone.clone()),
-            )
+            ))
         }
-        _ => column,
+        _ => Ok(column),
     }
 }
 

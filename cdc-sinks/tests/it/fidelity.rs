@@ -406,7 +406,15 @@ async fn fidelity_fixtures_mirror_the_source_in_delta() {
             }
         }
         pipeline.flush().await.unwrap();
-        assert!(letters.0.lock().unwrap().is_empty(), "batches of {batch}: {:?}", letters.0.lock().unwrap());
+        // odd_types row 1 holds BC dates, which Delta cannot store: its two
+        // events are refused for Delta (dead-lettered, naming the column),
+        // never stored as other dates; the PostgreSQL target keeps them.
+        let refused = letters.0.lock().unwrap().clone();
+        assert_eq!(refused.len(), 2, "batches of {batch}: {refused:?}");
+        assert!(
+            refused.iter().all(|e| e.contains("odd_types") && e.contains("outside what Delta stores")),
+            "{refused:?}"
+        );
         // Another reader, the Python `deltalake` package, sees the same rows.
         for (table, rows) in python_rows(dir.path()) {
             let rows: Vec<String> = rows
@@ -434,7 +442,9 @@ async fn fidelity_fixtures_mirror_the_source_in_delta() {
                 .map(|cells| cells.into_iter().map(normal).collect::<Vec<_>>().join("|"))
                 .collect();
             rows.sort();
-            assert_eq!(rows, expected[table], "batches of {batch}, {table}");
+            let wanted: Vec<String> =
+                expected[table].iter().filter(|r| *table != "odd_types" || !r.starts_with("1|")).cloned().collect();
+            assert_eq!(rows, wanted, "batches of {batch}, {table}");
         }
     }
 }
