@@ -19,6 +19,18 @@ struct Record {
     value: Option<String>,
 }
 
+impl Record {
+    fn raw(&self, offset: usize) -> RawRecord<'_> {
+        RawRecord {
+            topic: &self.topic,
+            partition: 0,
+            offset: offset as i64,
+            key: self.key.as_deref().map(str::as_bytes),
+            value: self.value.as_deref().map(str::as_bytes),
+        }
+    }
+}
+
 fn seed_records(fixture: &str) -> Vec<Record> {
     #[derive(Deserialize)]
     struct Line<'a> {
@@ -55,26 +67,12 @@ fn bench_fixture(c: &mut Criterion, fixture: &str, group_name: &str) {
         let mut decoder = Decoder::new().type_by_json_shape(fixture == "schemaless");
         if fixture == "schemaless" {
             for (offset, r) in seed_records("schemas").iter().enumerate() {
-                let raw = RawRecord {
-                    topic: &r.topic,
-                    partition: 0,
-                    offset: offset as i64,
-                    key: r.key.as_deref().map(str::as_bytes),
-                    value: r.value.as_deref().map(str::as_bytes),
-                };
-                decoder.decode(raw).unwrap();
+                decoder.decode(r.raw(offset)).unwrap();
             }
         }
         b.iter(|| {
             for (offset, r) in records.iter().enumerate() {
-                let raw = RawRecord {
-                    topic: &r.topic,
-                    partition: 0,
-                    offset: offset as i64,
-                    key: r.key.as_deref().map(str::as_bytes),
-                    value: r.value.as_deref().map(str::as_bytes),
-                };
-                black_box(decoder.decode(raw).unwrap());
+                black_box(decoder.decode(r.raw(offset)).unwrap());
             }
         })
     });
