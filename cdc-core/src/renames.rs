@@ -41,6 +41,9 @@ pub enum RenameDetection {
 pub struct Renames {
     rule: RenameDetection,
     tables: HashMap<String, TableColumns>,
+    /// Whether any table has a rename: most streams never do, and then
+    /// rewriting costs nothing per event.
+    any_renamed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -60,7 +63,7 @@ struct TableColumns {
 
 impl Renames {
     pub fn new(rule: RenameDetection) -> Renames {
-        Renames { rule, tables: HashMap::new() }
+        Renames { rule, tables: HashMap::new(), any_renamed: false }
     }
 
     /// Whether the catalog's column numbers of the event's table are needed
@@ -100,9 +103,10 @@ impl Renames {
                 tracing::info!(table = %name, old, new, "column renamed at the source");
                 table.renamed.push((old, new));
                 table.rewritten.clear();
+                self.any_renamed = true;
             }
         }
-        table.seen.extend(schema.fields().iter().map(|f| f.name.clone()));
+        table.seen.extend(new_columns.iter().map(|n| (*n).to_owned()));
         if table.newest.as_ref().is_none_or(|(order, _)| event.order > *order) {
             table.newest = Some((event.order, schema.clone()));
         }
@@ -113,6 +117,9 @@ impl Renames {
     /// applied (an event pushed before a rename was found is rewritten when
     /// its batch is applied).
     pub fn rewrite(&mut self, event: &mut ChangeEvent) -> crate::Result<()> {
+        if !self.any_renamed {
+            return Ok(());
+        }
         let Some(table) = self.tables.get_mut(&event.table().to_string()) else { return Ok(()) };
         if table.renamed.is_empty() {
             return Ok(());
