@@ -20,7 +20,7 @@ use serde_json::value::RawValue;
 
 use crate::error::{Error, Position, Result};
 use crate::event::{
-    ChangeEvent, Op, OrderKey, RawJson, Record, Source, TransactionBlock, TransactionMarker, TransactionStatus,
+    ChangeEvent, Op, OrderKey, RawJson, Record, Row, Source, TransactionBlock, TransactionMarker, TransactionStatus,
 };
 use crate::schema::{ConnectSchema, DataType, Field, SchemaRef, TableSchema};
 use crate::value::{DATE_INFINITY, DATE_NEG_INFINITY, Decimal, TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY, Value};
@@ -823,6 +823,28 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
             None => FieldKey::Unknown(name.to_owned()),
         })
     }
+}
+
+/// Decodes a row image as an event carried it (the raw `after` JSON the
+/// Delta history keeps) into values aligned with `schema`. A column the JSON
+/// lacks is [`Value::Unavailable`] (nothing is known of it); a column the
+/// schema lacks is ignored. For sinks that look a stored row up again.
+pub fn decode_image(json: &str, schema: &TableSchema) -> Result<Row, String> {
+    let decoded = decode_row(json, schema, Some(Schemaless { json_shape: true })).map_err(|e| match e {
+        RowError::Untyped(column) => format!("column {column} has no known type"),
+        RowError::Value { field, message } => match field {
+            Some(field) => format!("column {field}: {message}"),
+            None => message,
+        },
+    })?;
+    let mut values = decoded.values;
+    values.truncate(schema.fields().len());
+    for (value, present) in values.iter_mut().zip(decoded.present) {
+        if !present {
+            *value = Value::Unavailable;
+        }
+    }
+    Ok(values)
 }
 
 /// Decodes a JSON value (a schema default, for instance) as `data_type`.

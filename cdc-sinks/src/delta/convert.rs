@@ -17,6 +17,7 @@ use deltalake::arrow::datatypes::{DataType, Date32Type, Field, Schema, SchemaRef
 use deltalake::datafusion::common::Column;
 
 use super::NAME;
+use super::owed::{OWED_AT_COLUMN, OWED_COLUMN};
 
 /// When the row was written to Delta.
 pub const APPLIED_AT_COLUMN: &str = "_cdc_applied_at";
@@ -262,9 +263,15 @@ pub struct MergeSql {
     pub update_when: String,
     pub delete_when: String,
     pub insert_when: String,
+    /// With `soft_delete`, deletes of keys the table lacks are stored flagged.
+    pub insert_flagged_when: String,
     pub updates: Vec<(String, String)>,
     pub inserts: Vec<(String, String)>,
     pub soft_delete: Vec<(String, String)>,
+    /// Rows of op `p` pay a stored create what it owes (`delta/owed.rs`):
+    /// the owed columns only. Empty when the table owes nothing.
+    pub pay_when: String,
+    pub pays: Vec<(String, String)>,
 }
 
 impl MergeSql {
@@ -273,7 +280,7 @@ impl MergeSql {
         key: &[String],
         rows: &[RowChange<'_>],
         soft_delete: bool,
-        prune: bool,
+        (prune, target_owes): (bool, bool),
     ) -> Result<MergeSql> {
         let mut predicate: Vec<String> = key.iter().map(|k| format!("target.{k} = source.{k}", k = ident(k))).collect();
         if let (true, [single]) = (prune, key)
@@ -297,6 +304,13 @@ impl MergeSql {
             .collect();
         let mut updates = Vec::new();
         let mut inserts = Vec::new();
+        let mut pays = Vec::new();
+        let metadata: BTreeSet<String> = cdc_core::arrow::metadata_fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .chain([APPLIED_AT_COLUMN, DELETED_COLUMN, OWED_COLUMN, OWED_AT_COLUMN].map(str::to_owned))
+            .collect();
+        let (u, owed, owed_at) = (ident(UNAVAILABLE_COLUMN), ident(OWED_COLUMN), ident(OWED_AT_COLUMN));
         for field in source.schema().fields() {
             let name = field.name();
             if name == UNAVAILABLE_COLUMN {
@@ -305,6 +319,35 @@ impl MergeSql {
             let source_value = format!("source.{}", ident(name));
             inserts.push((name.clone(), source_value.clone()));
             if key.contains(name) {
+                continue;
+            }
+            if target_owes && !metadata.contains(name) {
+                let c = ident(name);
+                pays.push((
+                    name.clone(),
+                    format!(
+                        "CASE WHEN array_has(target.{owed}, {n}) AND NOT coalesce(array_has(source.{u}, {n}), false) \
+                         THEN source.{c} ELSE target.{c} END",
+                        n = literal(name)
+                    ),
+                ));
+            }
+            if target_owes && (name == OWED_COLUMN || name == OWED_AT_COLUMN) {
+                // A create owing anew lists what it owes; another change keeps
+                // owing what the row owed and it did not send either.
+                let still_owed = format!(
+                    "CASE WHEN cardinality(array_intersect(target.{owed}, source.{u})) > 0 \
+                     THEN array_intersect(target.{owed}, source.{u}) END"
+                );
+                let value = if name == OWED_COLUMN {
+                    format!("CASE WHEN source.{owed} IS NOT NULL THEN source.{owed} ELSE {still_owed} END")
+                } else {
+                    format!(
+                        "CASE WHEN source.{owed} IS NOT NULL THEN source.{owed_at} \
+                         WHEN ({still_owed}) IS NOT NULL THEN target.{owed_at} END"
+                    )
+                };
+                updates.push((name.clone(), value));
                 continue;
             }
             let value = if unavailable.contains(name.as_str()) {
@@ -342,14 +385,24 @@ impl MergeSql {
         } else {
             Vec::new()
         };
+        if !pays.is_empty() {
+            pays.push((OWED_COLUMN.to_owned(), format!("source.{u}")));
+            pays.push((
+                OWED_AT_COLUMN.to_owned(),
+                format!("CASE WHEN source.{u} IS NOT NULL THEN target.{owed_at} END"),
+            ));
+        }
         Ok(MergeSql {
             predicate: predicate.join(" AND "),
-            update_when: format!("source.{op} <> 'd' AND {order}"),
+            update_when: format!("source.{op} NOT IN ('d', 'p') AND {order}"),
             delete_when: format!("source.{op} = 'd' AND {order}"),
-            insert_when: format!("source.{op} <> 'd'"),
+            insert_when: format!("source.{op} NOT IN ('d', 'p')"),
+            insert_flagged_when: format!("source.{op} <> 'p'"),
             updates,
             inserts,
             soft_delete: soft,
+            pay_when: format!("source.{op} = 'p'"),
+            pays,
         })
     }
 }

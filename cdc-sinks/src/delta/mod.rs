@@ -206,6 +206,7 @@ impl DeltaSink {
             // Opens the table first (a separate borrow from the stats).
             self.state(name).await?;
             let (tables, stats) = (&mut self.tables, &mut self.stats);
+            let history = self.history.as_ref().map(|h| &h.table);
             let Some(state) = tables.get_mut(name) else {
                 return Err(Error::Sink {
                     sink: NAME.into(),
@@ -220,7 +221,7 @@ impl DeltaSink {
             if pending.is_empty() {
                 return Ok(());
             }
-            match apply_events(&config, name, state, &pending, &batch.offsets, stats).await {
+            match apply_events(&config, name, state, &pending, (&batch.offsets, history), stats).await {
                 Ok(()) => return Ok(()),
                 Err(error) if error.is_retriable() && attempt < config.max_attempts => {
                     // Another writer (or maintenance) committed first, or the
@@ -362,7 +363,7 @@ async fn apply_events(
     name: &str,
     state: &mut TableState,
     events: &[&ChangeEvent],
-    batch_offsets: &Offsets,
+    (batch_offsets, history): (&Offsets, Option<&DeltaTable>),
     stats: &mut ApplyStats,
 ) -> Result<()> {
     // Runs of rows between truncates, and each truncate on its own.
@@ -416,7 +417,7 @@ async fn apply_events(
                 match cdc_core::collapse(&live).pop() {
                     Some(TableChange::Rows(rows)) => {
                         let guard = offsets_guard(config, &state.held, &this_commit);
-                        apply_rows(config, name, table, &rows, (guard, properties), stats).await?
+                        apply_rows(config, name, (table, history), &rows, (guard, properties), stats).await?
                     }
                     _ => table,
                 }
@@ -453,14 +454,15 @@ async fn truncate(table: DeltaTable, event: &ChangeEvent, properties: CommitProp
 async fn apply_rows(
     config: &DeltaConfig,
     name: &str,
-    table: DeltaTable,
+    (table, history): (DeltaTable, Option<&DeltaTable>),
     rows: &[RowChange<'_>],
     (guard, properties): (CommitProperties, CommitProperties),
     stats: &mut ApplyStats,
 ) -> Result<DeltaTable> {
     let Some(newest) = rows.iter().map(|r| r.event).max_by_key(|e| e.order) else { return Ok(table) };
+    // A delete's image is the row it deletes as far as the batch knows.
     let images: Vec<(&ChangeEvent, Option<&[Value]>)> =
-        rows.iter().map(|r| (r.event, r.after.as_deref().map(Vec::as_slice).or(r.event.before.as_deref()))).collect();
+        rows.iter().map(|r| (r.event, r.after.as_deref().or(r.before.as_deref()).map(Vec::as_slice))).collect();
     // Newest schema first; a column only older events carry keeps their values.
     let mut versions: Vec<&cdc_core::TableSchema> = vec![&newest.schema];
     for row in rows {
@@ -484,7 +486,15 @@ async fn apply_rows(
     }
     let (table, existing) = reshape_if_needed(name, table, &schema, &batch, guard).await?;
     let source = convert::for_delta(name, &batch, existing.as_ref(), config.soft_delete)?;
-    let source = owed::pay_from_table(name, &table, source, rows, &key).await?;
+    let settle = owed::Settle {
+        name,
+        table: &table,
+        existing: existing.as_ref(),
+        key: &key,
+        soft_delete: config.soft_delete,
+        history: history.filter(|_| config.history),
+    };
+    let source = owed::settle(&settle, source, rows).await?;
     let source = convert::sort_by_key(&source, &key)?;
     let has_rows = table.version().is_some() && convert::has_files(&table)?;
     let deletes = rows.iter().any(RowChange::is_delete);
@@ -494,7 +504,11 @@ async fn apply_rows(
             && rows.iter().all(|r| matches!(r.event.op, Op::Create | Op::Read))
             && convert::keys_above_table(&table, &key, &source)?);
     if fast_path {
-        let inserts = convert::without_deletes(&source)?;
+        // With soft_delete a delete is stored flagged even where the table
+        // never had its row: the flag guards the key against older events
+        // read late, and keeps the row for a primary-key change's create.
+        let inserts =
+            if config.soft_delete { convert::stored_columns(&source)? } else { convert::without_deletes(&source)? };
         stats.appends += 1;
         stats.files_added += 1;
         return append(config, table, inserts, properties).await;
@@ -597,7 +611,8 @@ async fn merge(
     properties: CommitProperties,
     stats: &mut ApplyStats,
 ) -> Result<DeltaTable> {
-    let sql = convert::MergeSql::new(&source, key, rows, config.soft_delete, config.merge_pruning)?;
+    let target_owes = convert::table_schema(&table)?.is_some_and(|s| s.field_with_name(owed::OWED_COLUMN).is_ok());
+    let sql = convert::MergeSql::new(&source, key, rows, config.soft_delete, (config.merge_pruning, target_owes))?;
     let ctx = SessionContext::new();
     let source_frame = ctx.read_batch(source).map_err(|e| df_error(&e))?;
     let mut builder = table
@@ -612,6 +627,15 @@ async fn merge(
             })
         })
         .map_err(|e| delta_error(&e))?;
+    if !sql.pays.is_empty() {
+        builder = builder
+            .when_matched_update(|update| {
+                sql.pays.iter().fold(update.predicate(sql.pay_when.clone()), |u, (column, expr)| {
+                    u.update(convert::column(column), expr.clone())
+                })
+            })
+            .map_err(|e| delta_error(&e))?;
+    }
     builder = if config.soft_delete {
         builder
             .when_matched_update(|update| {
@@ -623,7 +647,7 @@ async fn merge(
     } else {
         builder.when_matched_delete(|delete| delete.predicate(sql.delete_when.clone())).map_err(|e| delta_error(&e))?
     };
-    let insert_when = if config.soft_delete { "true".to_owned() } else { sql.insert_when.clone() };
+    let insert_when = if config.soft_delete { sql.insert_flagged_when.clone() } else { sql.insert_when.clone() };
     builder = builder
         .when_not_matched_insert(|insert| {
             sql.inserts.iter().fold(insert.predicate(insert_when.clone()), |i, (column, expr)| {
