@@ -763,6 +763,10 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
             })?;
             match index {
                 Some(i) => {
+                    let value = match fields.get(i) {
+                        Some(field) if matches!(value, Value::String(_)) => numeric_text(field, value),
+                        _ => value,
+                    };
                     if let (Some(slot), Some(seen)) = (row.get_mut(i), present.get_mut(i)) {
                         *slot = value;
                         *seen = true;
@@ -786,6 +790,22 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
         }
         row.extend(extra_values);
         Ok(DecodedRow { values: row, extra: extra_names, present })
+    }
+}
+
+/// `decimal.handling.mode=string` spells a numeric's NaN and infinities
+/// `NAN`, `POSITIVE_INFINITY`, `NEGATIVE_INFINITY` (Java's names); PostgreSQL
+/// and every reader spell them `NaN`, `Infinity`, `-Infinity`.
+fn numeric_text(field: &Field, value: Value) -> Value {
+    let numeric = field.source.as_ref().is_some_and(|s| matches!(s.type_name.as_str(), "NUMERIC" | "DECIMAL"));
+    match &value {
+        Value::String(text) if numeric => match &**text {
+            "NAN" => Value::String("NaN".into()),
+            "POSITIVE_INFINITY" => Value::String("Infinity".into()),
+            "NEGATIVE_INFINITY" => Value::String("-Infinity".into()),
+            _ => value,
+        },
+        _ => value,
     }
 }
 

@@ -36,6 +36,7 @@
 pub mod arrow;
 pub mod catalog;
 mod collapse;
+pub mod connect;
 mod decode;
 mod error;
 mod event;

@@ -16,6 +16,24 @@ pub fn repo_root() -> PathBuf {
 pub type FixtureRecord = crate::jsonl::KafkaRecord;
 
 /// Loads `tests/fixtures/debezium/<name>.jsonl`.
+/// A record as Kafka Connect's JsonConverter writes it with
+/// `schemas.enable=false`: the key and value without the schema envelope
+/// (the payload, byte for byte).
+pub fn without_schemas(record: &FixtureRecord) -> FixtureRecord {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        payload: &'a serde_json::value::RawValue,
+    }
+    let strip = |json: &Option<String>| {
+        json.as_deref().map(|text| match serde_json::from_str::<Envelope<'_>>(text) {
+            Ok(envelope) => envelope.payload.get().to_owned(),
+            Err(_) => text.to_owned(),
+        })
+    };
+    FixtureRecord { key: strip(&record.key), value: strip(&record.value), ..record.clone() }
+}
+
 pub fn load(name: &str) -> Vec<FixtureRecord> {
     let path = repo_root().join("tests/fixtures/debezium").join(format!("{name}.jsonl"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -161,7 +161,9 @@ impl Config {
             sinks.push(Box::new(DeltaSink::new(self.delta.settings.clone())));
         }
         if self.target.enabled {
-            sinks.push(Box::new(PgTargetSink::new(self.target.settings.clone())));
+            sinks.push(Box::new(
+                PgTargetSink::new(self.target.settings.clone()).with_handling_modes(self.source.modes.clone()),
+            ));
         }
         if self.datalake.enabled {
             sinks.push(Box::new(PgDatalakeSink::new(self.datalake.settings.clone())));

@@ -38,7 +38,7 @@ pub(super) async fn append(config: &DeltaConfig, slot: &mut Option<TableState>, 
     let tables: BTreeSet<String> =
         events.iter().map(|e| config.table_name(&e.source.schema, &e.source.table)).collect();
     let (properties, cumulative) =
-        offsets_commit(config, &state.held, &batch.offsets, Some((TABLES_METADATA, serde_json::json!(tables))));
+        offsets_commit(config, &state.held, &batch.offsets, vec![(TABLES_METADATA, serde_json::json!(tables))]);
     let creating = state.table.version().is_none();
     let mut builder = state
         .table

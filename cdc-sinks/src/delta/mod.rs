@@ -43,6 +43,10 @@ const OFFSETS_METADATA: &str = "cdc.offsets";
 const OFFSETS_LOOKBACK: usize = 1000;
 /// Truncate commit metadata: the truncate's order key (hex).
 const TRUNCATED_METADATA: &str = "cdc.truncated_below";
+/// Commit metadata: the source table's schema as Connect schema JSON with
+/// its key (`cdc_core::connect`), every column the table holds, so that
+/// schemaless records can be typed from it (`Sink::column_types`).
+const SCHEMA_METADATA: &str = "cdc.schema";
 /// Commit metadata: the Kafka cluster id the commit's offsets are offsets in.
 const CLUSTER_METADATA: &str = "cdc.kafka_cluster";
 /// History commit metadata naming the tables the commit's events go to, so
@@ -170,6 +174,9 @@ struct TableState {
     /// Tables the recent commits name (`cdc.tables`; the history's commits
     /// write it), read with the offsets from the same log history.
     tables_named: BTreeSet<String>,
+    /// The source schema of every column the table holds, as the newest
+    /// commit carrying `cdc.schema` says, updated with each commit.
+    schema: Option<cdc_core::TableSchema>,
 }
 
 impl DeltaSink {
@@ -245,23 +252,35 @@ async fn open_state(config: &DeltaConfig, name: &str) -> Result<TableState> {
     let table = DeltaTable::try_from_url_with_storage_options(url, config.storage_options.clone())
         .await
         .map_err(|e| delta_error(&e))?;
-    let (held, truncated_below, tables_named) = read_log_state(config, &table).await?;
-    Ok(TableState { table, held, truncated_below, tables_named })
+    let (held, truncated_below, tables_named, schema) = read_log_state(config, &table).await?;
+    Ok(TableState { table, held, truncated_below, tables_named, schema })
 }
 
 /// What a table's log says of it: the offsets it holds (the app ids listed
 /// in its recent commits' metadata, read back from the `txn` actions, and
 /// the Kafka cluster the newest commit naming one named), and
-/// the newest truncate's order key, and the tables its commits name.
+/// the newest truncate's order key, the tables its commits name, and the
+/// source schema the newest commit carrying one stored.
 async fn read_log_state(
     config: &DeltaConfig,
     table: &DeltaTable,
-) -> Result<(Offsets, Option<String>, BTreeSet<String>)> {
+) -> Result<(Offsets, Option<String>, BTreeSet<String>, Option<cdc_core::TableSchema>)> {
     let mut offsets = Offsets::new();
     if table.version().is_none() {
-        return Ok((offsets, None, BTreeSet::new()));
+        return Ok((offsets, None, BTreeSet::new(), None));
     }
     let infos: Vec<_> = table.history(Some(OFFSETS_LOOKBACK)).try_collect().await.map_err(|e| delta_error(&e))?;
+    let schema = infos
+        .iter()
+        .filter_map(|info| Some((info.timestamp, info.info.get(SCHEMA_METADATA)?)))
+        .max_by_key(|(timestamp, _)| *timestamp)
+        .and_then(|(_, json)| match cdc_core::connect::schema_from_json(json) {
+            Ok(schema) => Some(schema),
+            Err(error) => {
+                tracing::warn!(%error, "the stored source schema does not read back; not used");
+                None
+            }
+        });
     let truncated_below =
         infos.iter().filter_map(|info| info.info.get(TRUNCATED_METADATA)?.as_str().map(str::to_owned)).max();
     let tables_named = infos
@@ -295,7 +314,7 @@ async fn read_log_state(
             offsets.set(Arc::from(topic), partition, version);
         }
     }
-    Ok((offsets, truncated_below, tables_named))
+    Ok((offsets, truncated_below, tables_named, schema))
 }
 
 /// The one place offsets reach a Delta log. `txn` actions for the
@@ -312,7 +331,7 @@ fn offsets_commit(
     config: &DeltaConfig,
     held: &Offsets,
     this_commit: &Offsets,
-    extra: Option<(&str, serde_json::Value)>,
+    extra: Vec<(&str, serde_json::Value)>,
 ) -> (CommitProperties, Offsets) {
     let now = chrono::Utc::now().timestamp_millis();
     let txns: Vec<Transaction> = this_commit
@@ -328,7 +347,7 @@ fn offsets_commit(
     if let Some(cluster) = &cumulative.cluster {
         metadata.push((CLUSTER_METADATA.to_owned(), serde_json::json!(cluster)));
     }
-    metadata.extend(extra.map(|(key, value)| (key.to_owned(), value)));
+    metadata.extend(extra.into_iter().map(|(key, value)| (key.to_owned(), value)));
     let properties = CommitProperties::default().with_application_transactions(txns).with_metadata(metadata);
     (properties, cumulative)
 }
@@ -402,8 +421,11 @@ async fn apply_events(
         let events = events.get(segment).unwrap_or_default();
         let truncating = events.first().copied().filter(|e| e.op == Op::Truncate);
         let truncate_at = truncating.map(|e| e.order.to_hex());
-        let marker = truncate_at.as_ref().map(|hex| (TRUNCATED_METADATA, serde_json::json!(hex)));
-        let (properties, cumulative) = offsets_commit(config, &state.held, &this_commit, marker);
+        let mut extra: Vec<(&str, serde_json::Value)> = Vec::new();
+        extra.extend(truncate_at.as_ref().map(|hex| (TRUNCATED_METADATA, serde_json::json!(hex))));
+        let stored_schema = if truncating.is_none() { stored_schema(state, events) } else { None };
+        extra.extend(stored_schema.as_ref().map(|(_, json)| (SCHEMA_METADATA, json.clone())));
+        let (properties, cumulative) = offsets_commit(config, &state.held, &this_commit, extra);
         let table = match truncating {
             Some(event) => truncate(table, event, properties).await?,
             None => {
@@ -417,7 +439,8 @@ async fn apply_events(
                 match cdc_core::collapse(&live).pop() {
                     Some(TableChange::Rows(rows)) => {
                         let guard = offsets_guard(config, &state.held, &this_commit);
-                        apply_rows(config, name, (table, history), &rows, (guard, properties), stats).await?
+                        let sources = (table, history, state.schema.as_ref());
+                        apply_rows(config, name, sources, &rows, (guard, properties), stats).await?
                     }
                     _ => table,
                 }
@@ -428,9 +451,29 @@ async fn apply_events(
         }
         state.table = table;
         state.held = cumulative;
+        if let Some((schema, _)) = stored_schema {
+            state.schema = Some(schema);
+        }
         stats.commits += 1;
     }
     Ok(())
+}
+
+/// The source schema of every column the table holds once `events` are
+/// written (theirs, newest first, then what the table held), and its JSON.
+fn stored_schema(state: &TableState, events: &[&ChangeEvent]) -> Option<(cdc_core::TableSchema, serde_json::Value)> {
+    let mut versions: Vec<&cdc_core::TableSchema> = Vec::new();
+    let mut by_order: Vec<&&ChangeEvent> = events.iter().filter(|e| !e.schema.fields().is_empty()).collect();
+    by_order.sort_by_key(|e| std::cmp::Reverse(e.order));
+    for event in by_order {
+        if !versions.iter().any(|v| std::ptr::eq(*v, &*event.schema)) {
+            versions.push(&event.schema);
+        }
+    }
+    versions.extend(state.schema.as_ref());
+    let schema = cdc_core::TableSchema::union(versions).ok()?;
+    let json = cdc_core::connect::schema_to_json(&schema)?;
+    Some((schema, json))
 }
 
 /// Deletes the rows older than the truncate, by order key rather than by
@@ -454,7 +497,7 @@ async fn truncate(table: DeltaTable, event: &ChangeEvent, properties: CommitProp
 async fn apply_rows(
     config: &DeltaConfig,
     name: &str,
-    (table, history): (DeltaTable, Option<&DeltaTable>),
+    (table, history, stored_schema): (DeltaTable, Option<&DeltaTable>, Option<&cdc_core::TableSchema>),
     rows: &[RowChange<'_>],
     (guard, properties): (CommitProperties, CommitProperties),
     stats: &mut ApplyStats,
@@ -463,13 +506,18 @@ async fn apply_rows(
     // A delete's image is the row it deletes as far as the batch knows.
     let images: Vec<(&ChangeEvent, Option<&[Value]>)> =
         rows.iter().map(|r| (r.event, r.after.as_deref().or(r.before.as_deref()).map(Vec::as_slice))).collect();
-    // Newest schema first; a column only older events carry keeps their values.
+    // Newest schema first; a column only older events carry keeps their
+    // values. Last the columns the table holds that no event of the batch
+    // has: an event read late, from before `ADD COLUMN ... DEFAULT`, writes
+    // that default (as PostgreSQL filled the row), as it would in a batch
+    // that also carries the column.
     let mut versions: Vec<&cdc_core::TableSchema> = vec![&newest.schema];
     for row in rows {
         if !versions.iter().any(|v| std::ptr::eq(*v, &*row.event.schema)) {
             versions.push(&row.event.schema);
         }
     }
+    versions.extend(stored_schema);
     let schema = cdc_core::TableSchema::union(versions).map_err(|e| Error::Sink {
         sink: NAME.into(),
         message: format!("table {name}: {e}"),
@@ -741,6 +789,14 @@ impl Sink for DeltaSink {
             }
         }
         Ok(offsets)
+    }
+
+    /// The source types the table's commits stored (`cdc.schema`): exact for
+    /// tables this version wrote; `None` for others.
+    async fn column_types(&mut self, table: &str) -> Result<Option<cdc_core::TableSchema>> {
+        let Some((schema, name)) = table.split_once('.') else { return Ok(None) };
+        let name = self.config.table_name(schema, name);
+        Ok(self.state(&name).await?.schema.clone())
     }
 
     async fn apply(&mut self, batch: &Batch) -> Result<()> {

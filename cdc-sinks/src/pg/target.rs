@@ -25,11 +25,26 @@ const NAME: &str = "pg-target";
 pub struct PgTargetSink {
     base: PgBase,
     tables: StateTables,
+    /// How the connector encodes values, for typing schemaless records from
+    /// the mirror's column types.
+    modes: HandlingModes,
 }
 
 impl PgTargetSink {
     pub fn new(config: PgConnectionConfig) -> PgTargetSink {
-        PgTargetSink { base: PgBase::new(config, NAME), tables: StateTables::new(NAME, None, DeleteMode::Hard) }
+        PgTargetSink {
+            base: PgBase::new(config, NAME),
+            tables: StateTables::new(NAME, None, DeleteMode::Hard),
+            modes: HandlingModes::default(),
+        }
+    }
+
+    /// The connector's handling modes (`decimal.handling.mode` etc.; the
+    /// defaults otherwise): schemaless records typed from the mirror's
+    /// column types are decoded as the connector encoded them.
+    pub fn with_handling_modes(mut self, modes: HandlingModes) -> PgTargetSink {
+        self.modes = modes;
+        self
     }
 
     /// Puts every table in `schema` instead of the source's schema.
@@ -87,6 +102,6 @@ impl Sink for PgTargetSink {
             return Ok(None);
         }
         let key: Vec<&str> = key.iter().map(String::as_str).collect();
-        connect_columns(&columns, &key, &HandlingModes::default()).map(Some)
+        connect_columns(&columns, &key, &self.modes).map(Some)
     }
 }

@@ -4,12 +4,12 @@ use cdc_core::catalog::{BinaryMode, DecimalMode, HandlingModes, IntervalMode, Sc
 use std::sync::{Arc, Mutex};
 
 use cdc_core::pipeline::{DeadLetter, DeadLetterStore, Pipeline};
-use cdc_core::testing::{capture_sql, load};
+use cdc_core::testing::{FixtureRecord, capture_sql, load, without_schemas};
 use cdc_core::{Decoder, Record, Sink, TableSchema};
 use cdc_sinks::{PgConnectionConfig, PgSourceCatalog, PgTargetSink, pg_type};
 use tokio_postgres::Client;
 
-use crate::support::{TABLES, connect, dump, fixture_records, fresh_database};
+use crate::support::{TABLES, connect, dump, dump_rows, fixture_records, fresh_database};
 
 /// A source database whose catalog is what a live consumer reads while the
 /// fixture's records arrive: the final schema, but with the column the
@@ -115,12 +115,16 @@ impl Letters {
 
 /// Applies every record of `fixture` through a pipeline into `sink`.
 async fn replay(fixture: &str, sink: Box<dyn Sink>, catalog: Option<PgSourceCatalog>) -> Letters {
+    replay_records(&load(fixture), sink, catalog).await
+}
+
+async fn replay_records(records: &[FixtureRecord], sink: Box<dyn Sink>, catalog: Option<PgSourceCatalog>) -> Letters {
     let letters = Letters::default();
     let mut pipeline = Pipeline::new(Decoder::new().keep_raw_json(true), vec![sink], Box::new(letters.clone()));
     if let Some(catalog) = catalog {
         pipeline = pipeline.with_catalog(Box::new(catalog));
     }
-    for (i, record) in load(fixture).iter().enumerate() {
+    for (i, record) in records.iter().enumerate() {
         pipeline.push(record.raw()).await.unwrap();
         if i % 25 == 24 {
             pipeline.flush().await.unwrap();
@@ -225,5 +229,128 @@ async fn schemaless_records_take_types_from_the_target_table() {
             .filter(|(name, _)| !name.starts_with("_cdc_"))
             .collect();
         assert_eq!(dump(&b, "public", table, &columns).await, dump(&a, "public", table, &columns).await, "{table}");
+    }
+}
+
+/// The mirror fallback decodes values as the connector encoded them: records
+/// captured with decimal=string, time=connect, interval=string, binary=hex,
+/// sent without schemas (as the JsonConverter with `schemas.enable=false`
+/// writes them: the payload), refill the mirror exactly when the sink is
+/// told those modes.
+#[tokio::test]
+async fn schemaless_mirror_fallback_follows_the_connectors_modes() {
+    let modes = HandlingModes {
+        decimal_handling_mode: DecimalMode::String,
+        time_precision_mode: TimePrecisionMode::Connect,
+        interval_handling_mode: IntervalMode::String,
+        binary_handling_mode: BinaryMode::Hex,
+    };
+    let sink = |url: &str| {
+        Box::new(PgTargetSink::new(PgConnectionConfig::new(url)).with_handling_modes(modes.clone())) as Box<dyn Sink>
+    };
+    for fixture in ["modes-string", "fidelity-modes-string"] {
+        let database = fixture.replace('-', "_");
+        let with_schemas = fresh_database(&format!("fallback_{database}")).await;
+        let refilled = fresh_database(&format!("fallback_{database}_refilled")).await;
+        let letters = replay(fixture, sink(&with_schemas), None).await;
+        assert!(letters.errors().is_empty(), "{fixture}: {:?}", letters.errors());
+        assert!(replay(fixture, sink(&refilled), None).await.errors().is_empty());
+        let tables: std::collections::BTreeSet<String> =
+            load(fixture).iter().filter_map(|r| Some(r.topic.strip_prefix("cdc.public.")?.to_owned())).collect();
+        let b = connect(&refilled).await;
+        let a = connect(&with_schemas).await;
+        let names = table_names(&a).await;
+        for table in &names {
+            b.batch_execute(&format!("TRUNCATE public.{}", quote(table))).await.unwrap();
+        }
+        b.batch_execute("DELETE FROM cdc_meta.offsets; DELETE FROM cdc_meta.deleted_keys").await.unwrap();
+
+        let schemaless: Vec<FixtureRecord> = load(fixture).iter().map(without_schemas).collect();
+        assert!(schemaless.iter().all(|r| r.value.as_deref().is_none_or(|v| !v.starts_with("{\"schema\":"))));
+        let letters = replay_records(&schemaless, sink(&refilled), None).await;
+        assert!(letters.errors().is_empty(), "{fixture}: dead-lettered: {:?}", letters.errors().first());
+        assert_eq!(names.len(), tables.len(), "{fixture}: {names:?}");
+        for table in &names {
+            let columns: Vec<(String, String)> = crate::support::columns(&a, "public", table)
+                .await
+                .into_iter()
+                .filter(|(name, _)| !name.starts_with("_cdc_"))
+                .collect();
+            let expected = dump_rows(&a, "public", table, &columns).await;
+            assert!(!expected.is_empty(), "{fixture}: {table} is empty");
+            assert_eq!(dump_rows(&b, "public", table, &columns).await, expected, "{fixture}: {table}");
+        }
+    }
+}
+
+/// The tables of the `public` schema.
+async fn table_names(client: &Client) -> Vec<String> {
+    let rows = client
+        .query("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1", &[])
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Delta keeps each table's source types in its commits (`cdc.schema`):
+/// tables written from the stream with schemas, emptied, then refilled by a
+/// new consumer from the same records without schemas (the payload, as the
+/// JsonConverter writes with `schemas.enable=false`) and no source catalog,
+/// end as the tables written with schemas.
+#[cfg(feature = "delta")]
+#[tokio::test]
+async fn schemaless_records_take_types_from_the_delta_tables() {
+    use cdc_sinks::delta::time_travel::{self, AsOf};
+    use cdc_sinks::{DeltaConfig, DeltaSink};
+    let records = load("schemas");
+    let with_schemas = tempfile::tempdir().unwrap();
+    let refilled = tempfile::tempdir().unwrap();
+    let delta = |dir: &tempfile::TempDir| DeltaConfig::new(dir.path().to_str().unwrap());
+    let sink = |config: &DeltaConfig| Box::new(DeltaSink::new(config.clone())) as Box<dyn Sink>;
+    for dir in [&with_schemas, &refilled] {
+        let letters = replay_records(&records, sink(&delta(dir)), None).await;
+        assert!(letters.errors().is_empty(), "{:?}", letters.errors().first());
+    }
+    for table in TABLES {
+        let stored = time_travel::open(&delta(&refilled), table).await.unwrap();
+        let (emptied, _) = stored.delete().await.unwrap();
+        assert_eq!(emptied.snapshot().unwrap().log_data().num_files(), 0, "{table} emptied");
+    }
+    let mut second = delta(&refilled);
+    second.consumer = "second".into();
+    let schemaless: Vec<FixtureRecord> = records.iter().map(without_schemas).collect();
+    let letters = replay_records(&schemaless, sink(&second), None).await;
+    assert!(letters.errors().is_empty(), "dead-lettered: {:?}", letters.errors().first());
+
+    for table in TABLES {
+        let dump = |config: DeltaConfig| async move {
+            let found = time_travel::query(&config, &format!("SELECT * FROM {table}"), AsOf::Latest).await.unwrap();
+            let mut rows: Vec<Vec<String>> = Vec::new();
+            for batch in &found {
+                let schema = batch.schema();
+                for i in 0..batch.num_rows() {
+                    let row = schema
+                        .fields()
+                        .iter()
+                        .zip(batch.columns())
+                        .filter(|(f, _)| f.name() != "_cdc_applied_at")
+                        .map(|(f, c)| {
+                            let text = cdc_sinks::delta::deltalake::arrow::util::display::array_value_to_string(c, i);
+                            format!("{}={}", f.name(), text.unwrap())
+                        })
+                        .collect();
+                    rows.push(row);
+                }
+            }
+            rows.sort();
+            rows
+        };
+        let expected = dump(delta(&with_schemas)).await;
+        assert!(!expected.is_empty(), "{table} is empty");
+        assert_eq!(dump(delta(&refilled)).await, expected, "{table}");
     }
 }

@@ -65,21 +65,9 @@ pub async fn dump(
     table: &str,
     columns: &[(String, String)],
 ) -> BTreeMap<i64, BTreeMap<String, Option<String>>> {
-    let exprs: Vec<String> = columns
-        .iter()
-        .map(|(name, ty)| {
-            let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-            match ty.as_str() {
-                "numeric" => format!("trim_scale({quoted})::text"),
-                "time with time zone" => format!("({quoted} AT TIME ZONE 'UTC')::text"),
-                "interval" => format!("extract(epoch from {quoted})::text"),
-                _ => format!("{quoted}::text"),
-            }
-        })
-        .collect();
     let sql = format!(
         "SET TimeZone = 'UTC'; SELECT id::text, {} FROM \"{schema}\".\"{table}\" ORDER BY id",
-        exprs.join(", ")
+        column_texts(columns).join(", ")
     );
     let mut rows = BTreeMap::new();
     for message in client.simple_query(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")) {
@@ -91,6 +79,46 @@ pub async fn dump(
         }
     }
     rows
+}
+
+/// Every row of any table (whatever its key) as comparable text, sorted.
+pub async fn dump_rows(
+    client: &Client,
+    schema: &str,
+    table: &str,
+    columns: &[(String, String)],
+) -> Vec<Vec<Option<String>>> {
+    let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+    let sql = format!(
+        "SET TimeZone = 'UTC'; SELECT {} FROM {}.{}",
+        column_texts(columns).join(", "),
+        quote(schema),
+        quote(table)
+    );
+    let mut rows: Vec<Vec<Option<String>>> = Vec::new();
+    for message in client.simple_query(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")) {
+        if let SimpleQueryMessage::Row(row) = message {
+            rows.push((0..columns.len()).map(|i| row.get(i).map(str::to_owned)).collect());
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// Each column as text PostgreSQL renders the same for equal values.
+fn column_texts(columns: &[(String, String)]) -> Vec<String> {
+    columns
+        .iter()
+        .map(|(name, ty)| {
+            let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+            match ty.as_str() {
+                "numeric" => format!("trim_scale({quoted})::text"),
+                "time with time zone" => format!("({quoted} AT TIME ZONE 'UTC')::text"),
+                "interval" => format!("extract(epoch from {quoted})::text"),
+                _ => format!("{quoted}::text"),
+            }
+        })
+        .collect()
 }
 
 /// Column names and base types (no modifiers) of a table.
