@@ -2,7 +2,8 @@
 
 -- step: odd types change and return to NULL
 UPDATE odd_types SET c_num_free = 1e-30, c_text_arr = '{NULL}', c_enum_arr = '{green}', c_hstore = 'k=>v',
-    c_interval = '-178000000 years', c_date = '4713-01-01 BC' WHERE id = 1;
+    c_interval = '-178000000 years' WHERE id = 1;
+UPDATE odd_types SET c_date = '4713-01-01 BC' WHERE id = 5;
 UPDATE odd_types SET c_num_free = NULL, c_money = NULL, c_tstzrange = NULL WHERE id = 2;
 INSERT INTO odd_types (id, c_num_free, c_num_arr, c_varbit_free) VALUES (4, 99999999999999999999999999999999999999.5, '{0.01}', B'1');
 DELETE FROM odd_types WHERE id = 3;
