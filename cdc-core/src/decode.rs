@@ -88,7 +88,68 @@ pub struct Decoder {
     /// `schema.table` -> schemas of schemaless events holding only some
     /// columns of the table's schema: (columns present, table schema, event schema).
     projections: HashMap<String, Vec<(Vec<bool>, SchemaRef, SchemaRef)>>,
+    /// `schema.table` -> the widest type of each column seen so far.
+    widest: HashMap<String, WidestTypes>,
     buffer: Vec<Record>,
+}
+
+/// The widest type seen of each column of a table, with the order key of
+/// the first event that carried it. A narrower type in an event ordered
+/// before that is an older schema version read late (from another
+/// partition): its values fit the wider column. Ordered after it, the source
+/// narrowed the column: refused, naming table, column and both types.
+#[derive(Default)]
+struct WidestTypes {
+    columns: HashMap<String, (DataType, OrderKey)>,
+    /// The last schema checked, and from which order key on an event of it
+    /// is a narrowing (with the error to give): events of one schema cost
+    /// one pointer comparison.
+    checked: Option<(SchemaRef, Option<(OrderKey, String)>)>,
+}
+
+impl WidestTypes {
+    fn refuse_narrowing(
+        &mut self,
+        table: &str,
+        schema: &SchemaRef,
+        order: OrderKey,
+    ) -> std::result::Result<(), String> {
+        let narrowing = match &self.checked {
+            Some((checked, narrowing)) if Arc::ptr_eq(checked, schema) => narrowing.clone(),
+            _ => {
+                let mut narrowing: Option<(OrderKey, String)> = None;
+                for field in schema.fields() {
+                    match self.columns.get_mut(&field.name) {
+                        None => {
+                            self.columns.insert(field.name.clone(), (field.data_type.clone(), order));
+                        }
+                        Some((widest, since)) if *widest != field.data_type => {
+                            if widest.can_widen_to(&field.data_type) {
+                                (*widest, *since) = (field.data_type.clone(), order);
+                            } else if field.data_type.can_widen_to(widest)
+                                && narrowing.as_ref().is_none_or(|(at, _)| *since < *at)
+                            {
+                                let message = format!(
+                                    "column `{}` of `{table}` narrowed from {widest:?} to {:?} at the source (an \
+                                     event ordered after the wider type): the sinks keep the wider column; alter it \
+                                     at the source back, or the sink table, and replay the dead letters",
+                                    field.name, field.data_type
+                                );
+                                narrowing = Some((*since, message));
+                            }
+                        }
+                        Some(_) => {}
+                    }
+                }
+                self.checked = Some((schema.clone(), narrowing.clone()));
+                narrowing
+            }
+        };
+        match narrowing {
+            Some((since, message)) if order > since => Err(message),
+            _ => Ok(()),
+        }
+    }
 }
 
 struct CachedValueSchema {
@@ -295,6 +356,11 @@ impl Decoder {
         });
         let order =
             order_key(&source, record.offset).map_err(|m| fail(Some(&format!("{prefix}source.sequence")), m))?;
+        let widest = match self.widest.get_mut(&table) {
+            Some(widest) => widest,
+            None => self.widest.entry(table.clone()).or_default(),
+        };
+        widest.refuse_narrowing(&table, &schema, order).map_err(|m| fail(None, m))?;
         Ok(Record::Change(ChangeEvent {
             position,
             op,
@@ -453,8 +519,10 @@ fn dynamic_field(name: &str) -> Field {
 
 /// A column whose type changed to one its readers cannot widen to is an error:
 /// the record goes to the dead-letter store rather than corrupting the table.
-/// A narrower type is not: it is an older schema version arriving after a
-/// newer one (from another partition), whose values the wider column holds.
+/// A narrower type is not here: it is an older schema version arriving after
+/// a newer one (from another partition), whose values the wider column
+/// holds, unless the event is ordered after the wider type (see
+/// `WidestTypes`: then the source narrowed the column).
 fn check_compatible(table: &str, old: &TableSchema, new: &TableSchema) -> Result<()> {
     for field in new.fields() {
         if let Some(previous) = old.field(&field.name)

@@ -1,5 +1,5 @@
 //! Bad input is an error naming the record and field, never a panic.
-use cdc_core::{Decoder, Error, RawRecord};
+use cdc_core::{DataType, Decoder, Error, RawRecord, Record};
 use proptest::prelude::*;
 
 use crate::common::*;
@@ -147,4 +147,38 @@ fn decimal_widening_keeps_every_digit() {
     assert!(!decimal(Some(12), 2).can_widen_to(&decimal(Some(12), 4)), "integer digits shrink");
     assert!(!decimal(Some(14), 4).can_widen_to(&decimal(Some(14), 2)), "fraction digits shrink");
     assert!(!decimal(None, 2).can_widen_to(&decimal(Some(30), 2)));
+}
+
+/// A narrower column type in an event ordered after the first event of the
+/// wider type means the source narrowed the column: refused, naming table,
+/// column and both types. Ordered before it, it is an older schema version
+/// read late from another partition: accepted (its values fit the wider
+/// column). Real records of `evolving` (numeric(12,2) widened to (14,4));
+/// the narrowing is the old record with an LSN after the widening.
+#[test]
+fn a_narrowing_at_the_source_is_refused_an_old_version_read_late_is_not() {
+    let records = load("fidelity-schemas");
+    let total = |record: &cdc_core::testing::FixtureRecord| -> Option<(DataType, u64)> {
+        let Ok(Record::Change(event)) = Decoder::new().decode(record.raw()) else { return None };
+        let field = event.schema.field("total")?;
+        (event.source.table == "evolving").then(|| (field.data_type.clone(), event.order.lsn))
+    };
+    let wide_type = DataType::Decimal { precision: Some(14), scale: 4 };
+    let narrow = records.iter().find(|r| total(r).is_some_and(|(t, _)| t != wide_type)).expect("a numeric(12,2) event");
+    let wide = records.iter().find(|r| total(r).is_some_and(|(t, _)| t == wide_type)).expect("a numeric(14,4) event");
+    let wide_lsn = total(wide).unwrap().1;
+
+    let mut decoder = Decoder::new();
+    decoder.decode(wide.raw()).unwrap();
+    decoder.decode(narrow.raw()).expect("an older version read late is accepted");
+
+    let mut value: serde_json::Value = serde_json::from_str(narrow.value.as_deref().unwrap()).unwrap();
+    let later = wide_lsn + 1000;
+    value["payload"]["source"]["lsn"] = later.into();
+    value["payload"]["source"]["sequence"] = format!("[\"{later}\",\"{later}\"]").into();
+    let narrowed = cdc_core::testing::FixtureRecord { value: Some(value.to_string()), ..narrow.clone() };
+    let error = decoder.decode(narrowed.raw()).expect_err("a narrowing at the source is refused").to_string();
+    for part in ["total", "evolving", "narrowed", "precision: Some(14)", "precision: Some(12)", "@"] {
+        assert!(error.contains(part), "{part} missing from: {error}");
+    }
 }
