@@ -537,9 +537,18 @@ impl Pipeline {
         batch.reapply = self.reapply;
         batch.offsets.cluster.clone_from(&self.cluster);
         batch.offsets.partition_counts.clone_from(&self.partition_counts);
-        for i in 0..self.sinks.len() {
-            self.apply_isolating(i, &batch, &raw).await?;
-        }
+        // Every sink applies the batch at once (each still sees batches in
+        // order); all finish before the offsets are returned, so nothing is
+        // cancelled half-way. A dead letter is stored, under a lock, before
+        // the sink that refused it moves its offsets past it.
+        let letters = tokio::sync::Mutex::new((&mut self.dead_letters, 0u64));
+        let (retry, on_error) = (&self.retry, self.on_error);
+        let applied = futures::future::join_all(self.sinks.iter_mut().map(|sink| {
+            SinkApplier { sink, retry, on_error, letters: &letters, raw: &raw }.apply_isolating(&batch)
+        }))
+        .await;
+        self.stats.dead_letters += letters.into_inner().1;
+        applied.into_iter().collect::<Result<Vec<()>>>()?;
         for event in &batch.events {
             *self.stats.events.entry((event.table().to_string(), event.op.code())).or_default() += 1;
         }
@@ -548,28 +557,45 @@ impl Pipeline {
         Ok(batch.offsets)
     }
 
-    /// Stores a dead letter, waiting out an outage of the store as the
-    /// retry policy says: nothing moves past the record until it is stored.
     async fn dead_letter(&mut self, letter: DeadLetter) -> Result<()> {
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            match self.dead_letters.store(letter.clone()).await {
-                Ok(()) => break,
-                Err(error) if error.is_retriable() => match self.retry.wait_after(attempt) {
-                    Some(wait) => {
-                        tracing::warn!(%error, attempt, ?wait, position = %letter.position, "storing a dead letter failed; retrying");
-                        tokio::time::sleep(wait).await;
-                    }
-                    None => return Err(error),
-                },
-                Err(error) => return Err(error),
-            }
-        }
+        store_letter(self.dead_letters.as_mut(), &self.retry, letter).await?;
         self.stats.dead_letters += 1;
         Ok(())
     }
+}
 
+/// Stores a dead letter, waiting out an outage of the store as the retry
+/// policy says: nothing moves past the record until it is stored.
+async fn store_letter(store: &mut dyn DeadLetterStore, retry: &RetryPolicy, letter: DeadLetter) -> Result<()> {
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        match store.store(letter.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(error) if error.is_retriable() => match retry.wait_after(attempt) {
+                Some(wait) => {
+                    tracing::warn!(%error, attempt, ?wait, position = %letter.position, "storing a dead letter failed; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+                None => return Err(error),
+            },
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// What applying a batch to one sink needs: sinks apply a batch
+/// concurrently, each through its own applier, sharing the dead-letter store.
+struct SinkApplier<'a> {
+    sink: &'a mut Box<dyn Sink>,
+    retry: &'a RetryPolicy,
+    on_error: OnError,
+    /// The store, and how many letters went into it.
+    letters: &'a tokio::sync::Mutex<(&'a mut Box<dyn DeadLetterStore>, u64)>,
+    raw: &'a BTreeMap<Position, RawBytes>,
+}
+
+impl SinkApplier<'_> {
     /// Applies `batch` to sink `i`; on a non-retriable error, halves the
     /// events until the refused ones are isolated. A refused event is
     /// dead-lettered durably (or, fail-fast, returned as the error) *before*
@@ -577,21 +603,21 @@ impl Pipeline {
     /// only once the record is applied or its dead letter is stored.
     /// Retriable errors never isolate: an outage cannot make a good event
     /// poison.
-    async fn apply_isolating(&mut self, i: usize, batch: &Batch, raw: &BTreeMap<Position, RawBytes>) -> Result<()> {
+    async fn apply_isolating(mut self, batch: &Batch) -> Result<()> {
         let mut stack = vec![(batch.events.clone(), batch.offsets.clone())];
         while let Some((events, offsets)) = stack.pop() {
             let part = Batch { events, offsets, reapply: batch.reapply };
-            let error = match self.apply_with_backoff(i, &part).await {
+            let error = match self.apply_with_backoff(&part).await {
                 Ok(()) => continue,
                 Err(error) if error.is_retriable() => return Err(error),
                 Err(error) => error,
             };
             match <[ChangeEvent; 1]>::try_from(part.events) {
                 Ok([event]) => {
-                    self.refuse(i, &event, error, raw).await?;
+                    self.refuse(&event, error).await?;
                     // Now move the offsets past it, so no sink waits on it again.
                     let past = Batch { events: Vec::new(), offsets: part.offsets, reapply: false };
-                    self.apply_with_backoff(i, &past).await?;
+                    self.apply_with_backoff(&past).await?;
                 }
                 Err(events) if events.len() <= 1 => return Err(error), // nothing left to blame
                 Err(events) => {
@@ -610,40 +636,33 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Dead-letters an event sink `i` refused, with its original bytes.
-    async fn refuse(
-        &mut self,
-        i: usize,
-        event: &ChangeEvent,
-        error: Error,
-        raw: &BTreeMap<Position, RawBytes>,
-    ) -> Result<()> {
+    /// Dead-letters an event the sink refused, with its original bytes.
+    async fn refuse(&mut self, event: &ChangeEvent, error: Error) -> Result<()> {
         if self.on_error == OnError::FailFast {
             return Err(error);
         }
-        let sink = self.sink_name(i);
+        let sink = self.sink.name().to_owned();
         tracing::warn!(sink, %error, position = %event.position, "dead-lettering an event the sink refused");
-        let (key, value) = raw.get(&event.position).cloned().unwrap_or_default();
-        self.dead_letter(DeadLetter {
-            position: event.position.clone(),
-            key,
-            value,
-            sink: Some(sink),
-            error: error.to_string(),
-        })
-        .await
+        let (key, value) = self.raw.get(&event.position).cloned().unwrap_or_default();
+        let letter =
+            DeadLetter { position: event.position.clone(), key, value, sink: Some(sink), error: error.to_string() };
+        let mut letters = self.letters.lock().await;
+        let (store, stored) = &mut *letters;
+        store_letter(store.as_mut(), self.retry, letter).await?;
+        *stored += 1;
+        Ok(())
     }
 
     /// Applies with backoff while the error is retriable. An error that is
     /// not an outage and repeats identically `max_identical_errors` times is
     /// returned as bad data, so the caller isolates it instead of looping.
-    async fn apply_with_backoff(&mut self, i: usize, batch: &Batch) -> Result<()> {
+    async fn apply_with_backoff(&mut self, batch: &Batch) -> Result<()> {
         let mut attempt = 0u32;
         let mut repeats = 0u32;
         let mut last_message = String::new();
         loop {
             attempt += 1;
-            let error = match self.sink(i)?.apply(batch).await {
+            let error = match self.sink.apply(batch).await {
                 Ok(()) => return Ok(()),
                 Err(error) if !error.is_retriable() => return Err(error),
                 Err(error) => error,
@@ -655,7 +674,7 @@ impl Pipeline {
                 return Err(error.into_bad_data(repeats));
             }
             let Some(wait) = self.retry.wait_after(attempt) else { return Err(error) };
-            tracing::warn!(sink = %self.sink_name(i), %error, attempt, ?wait, "sink failed; retrying the batch");
+            tracing::warn!(sink = %self.sink.name(), %error, attempt, ?wait, "sink failed; retrying the batch");
             tokio::time::sleep(wait).await;
         }
     }
