@@ -543,10 +543,11 @@ impl Pipeline {
         // the sink that refused it moves its offsets past it.
         let letters = tokio::sync::Mutex::new((&mut self.dead_letters, 0u64));
         let (retry, on_error) = (&self.retry, self.on_error);
-        let applied = futures::future::join_all(self.sinks.iter_mut().map(|sink| {
-            SinkApplier { sink, retry, on_error, letters: &letters, raw: &raw }.apply_isolating(&batch)
-        }))
-        .await;
+        let applied =
+            futures::future::join_all(self.sinks.iter_mut().map(|sink| {
+                SinkApplier { sink, retry, on_error, letters: &letters, raw: &raw }.apply_isolating(&batch)
+            }))
+            .await;
         self.stats.dead_letters += letters.into_inner().1;
         applied.into_iter().collect::<Result<Vec<()>>>()?;
         for event in &batch.events {
@@ -586,16 +587,16 @@ async fn store_letter(store: &mut dyn DeadLetterStore, retry: &RetryPolicy, lett
 
 /// What applying a batch to one sink needs: sinks apply a batch
 /// concurrently, each through its own applier, sharing the dead-letter store.
-struct SinkApplier<'a> {
+struct SinkApplier<'a, 's> {
     sink: &'a mut Box<dyn Sink>,
     retry: &'a RetryPolicy,
     on_error: OnError,
     /// The store, and how many letters went into it.
-    letters: &'a tokio::sync::Mutex<(&'a mut Box<dyn DeadLetterStore>, u64)>,
+    letters: &'a tokio::sync::Mutex<(&'s mut Box<dyn DeadLetterStore>, u64)>,
     raw: &'a BTreeMap<Position, RawBytes>,
 }
 
-impl SinkApplier<'_> {
+impl SinkApplier<'_, '_> {
     /// Applies `batch` to sink `i`; on a non-retriable error, halves the
     /// events until the refused ones are isolated. A refused event is
     /// dead-lettered durably (or, fail-fast, returned as the error) *before*
