@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side throughput, in one run on one machine: our `replay` against the seed-style
 # Python consumer (../shared/peers/seed_py_replay.py --mode batched) on the same generated
-# Debezium file (scripts/gen-bulk.py: real record shape with schemas, ~4 KB a record), into
+# Debezium file (benches/support/gen_bulk.py: real record shape with schemas, ~4 KB a record), into
 # Delta alone and into the PostgreSQL target alone, each into a fresh location. Prints wall
 # time, records/s, MB/s and peak RSS of each process, and the ratio per sink.
 #
@@ -29,7 +29,7 @@ if ! "$venv/bin/python" -c "import deltalake, pyarrow, psycopg2" 2>/dev/null; th
 fi
 
 input=$dir/bulk-$rows-$changes.jsonl
-[ -f "$input" ] || python3 "$root/scripts/gen-bulk.py" --out "$input" --rows "$rows" --changes "$changes"
+[ -f "$input" ] || python3 "$root/benches/support/gen_bulk.py" --out "$input" --rows "$rows" --changes "$changes"
 records=$(wc -l < "$input")
 megabytes=$(( $(stat -c %s "$input") / 1000000 ))
 

@@ -9,7 +9,7 @@ keys (80% of them on 10% of the rows). Records are spread over --partitions part
 offsets counted per partition, and written as the Kafka JSON Lines wrapper kcat writes: key and
 value as JSON text inside JSON strings, ~4 KB a record (without `column.propagate.source.type`).
 
-  scripts/gen-bulk.py --out .tmp/bench/bulk.jsonl [--rows 70000] [--changes 110000]
+  benches/support/gen_bulk.py --out .tmp/bench/bulk.jsonl [--rows 70000] [--changes 110000]
 """
 import argparse
 import base64
@@ -17,7 +17,7 @@ import json
 import os
 import random
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURE = os.path.join(ROOT, "tests/fixtures/debezium/schemas.jsonl")
 STATUSES = ["pending", "paid", "shipped", "completed", "cancelled", "returned"]
 
