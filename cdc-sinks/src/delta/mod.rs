@@ -562,7 +562,9 @@ async fn apply_rows(
         return append(config, table, inserts, properties).await;
     }
     stats.merges += 1;
-    merge(config, table, source, &key, rows, properties, stats).await
+    // The table's schema as read once above: whether it holds `_cdc_owed`.
+    let target_owes = existing.as_ref().is_some_and(|s| s.field_with_name(owed::OWED_COLUMN).is_ok());
+    merge(config, (table, target_owes), source, &key, rows, properties, stats).await
 }
 
 /// Rewrites the table first (see `widen`) when the batch's values need a
@@ -652,14 +654,13 @@ async fn append(
 /// (or flag) where the source is a newer delete, insert new keys.
 async fn merge(
     config: &DeltaConfig,
-    table: DeltaTable,
+    (table, target_owes): (DeltaTable, bool),
     source: RecordBatch,
     key: &[String],
     rows: &[RowChange<'_>],
     properties: CommitProperties,
     stats: &mut ApplyStats,
 ) -> Result<DeltaTable> {
-    let target_owes = convert::table_schema(&table)?.is_some_and(|s| s.field_with_name(owed::OWED_COLUMN).is_ok());
     let sql = convert::MergeSql::new(&source, key, rows, config.soft_delete, (config.merge_pruning, target_owes))?;
     let ctx = SessionContext::new();
     let source_frame = ctx.read_batch(source).map_err(|e| df_error(&e))?;

@@ -30,6 +30,7 @@ use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use deltalake::datafusion::prelude::{Expr, SessionContext, col, lit};
 use deltalake::datafusion::scalar::ScalarValue;
 
+use super::convert::{ident, literal};
 use super::{NAME, convert, df_error, time_travel};
 
 /// Columns whose null means "not known yet": what a primary-key change's
@@ -150,7 +151,7 @@ impl Stored<'_> {
         for k in self.cx.key {
             let column = source.column_by_name(k).ok_or_else(|| error(self.cx, format!("no key column {k}")))?;
             let value = ScalarValue::try_from_array(column, j).map_err(|e| df_error(&e))?;
-            let term = col(quoted(k)).eq(lit(value));
+            let term = col(ident(k)).eq(lit(value));
             filter = Some(filter.map_or(term.clone(), |f| f.and(term)));
         }
         match filter {
@@ -162,17 +163,17 @@ impl Stored<'_> {
     /// The soft-deleted row whose delete has the change `at`.
     async fn flagged_at(&self, at: &str) -> Result<Option<RecordBatch>> {
         let (low, high) = order_range(at);
-        let filter = col(quoted(ORDER_COLUMN))
+        let filter = col(ident(ORDER_COLUMN))
             .gt_eq(lit(low))
-            .and(col(quoted(ORDER_COLUMN)).lt_eq(lit(high)))
-            .and(col(quoted(convert::DELETED_COLUMN)).eq(lit(true)));
+            .and(col(ident(ORDER_COLUMN)).lt_eq(lit(high)))
+            .and(col(ident(convert::DELETED_COLUMN)).eq(lit(true)));
         self.rows(filter).await
     }
 
     /// Stored rows owing since one of `ats`.
     async fn owing_at(&self, ats: impl Iterator<Item = &str>) -> Result<Option<RecordBatch>> {
         let list: Vec<Expr> = ats.map(lit).collect();
-        self.rows(col(quoted(OWED_AT_COLUMN)).in_list(list, false)).await
+        self.rows(col(ident(OWED_AT_COLUMN)).in_list(list, false)).await
     }
 
     /// The rows `filter` selects (file statistics prune the rest), or `None`.
@@ -462,14 +463,6 @@ fn texts(batches: &[RecordBatch]) -> Vec<String> {
         .filter_map(|b| cast(b.column(0), &DataType::Utf8).ok())
         .flat_map(|c| c.as_string::<i32>().iter().flatten().map(str::to_owned).collect::<Vec<_>>())
         .collect()
-}
-
-fn quoted(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 fn error(cx: &Settle<'_>, message: String) -> Error {
