@@ -586,10 +586,13 @@ impl StateTables {
         let table_literal = quote_literal(table);
         let row_key = format!("ROW({staged_key})::text");
         let tombstone = SqlVersion { order: "d.order_key".into(), ..SqlVersion::of("d") };
+        // Two probes of the tombstones' primary key: one `OR` of them makes
+        // PostgreSQL scan every tombstone of the table for each staged row.
         let not_buried = format!(
             "NOT EXISTS (SELECT 1 FROM {DELETED_KEYS} d WHERE d.table_name = {table_literal} \
-             AND ((d.row_key = {row_key} AND NOT {newer_than_tombstone}) \
-                  OR (d.row_key = '' AND d.order_key >= s._cdc_order)))",
+             AND d.row_key = {row_key} AND NOT {newer_than_tombstone}) \
+             AND NOT EXISTS (SELECT 1 FROM {DELETED_KEYS} d WHERE d.table_name = {table_literal} \
+             AND d.row_key = '' AND d.order_key >= s._cdc_order)",
             newer_than_tombstone = supersedes_sql(&SqlVersion::of("s"), &tombstone),
         );
         let keep_newer_tombstone = supersedes_sql(
@@ -597,7 +600,7 @@ impl StateTables {
             &SqlVersion { order: format!("{DELETED_KEYS}.order_key"), ..SqlVersion::of(DELETED_KEYS) },
         );
         let mut sql = format!(
-            "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;\n\
+            "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; SET LOCAL jit = off;\n\
              WITH updated AS (UPDATE {table} AS t SET {sets_sql}{meta}{undelete} FROM {staging} s \
              WHERE {key_match} AND s._cdc_op <> 'd' AND {newer} AND {not_buried} \
              RETURNING {returning}) \
@@ -609,20 +612,33 @@ impl StateTables {
         match self.delete_mode {
             // The tombstone keeps the deleted row (`image`): the new key of a
             // primary-key change read in a later batch takes its values.
-            DeleteMode::Hard => sql.push_str(&format!(
-                "WITH gone AS (DELETE FROM {table} AS t USING {staging} s WHERE {key_match} AND s._cdc_op = 'd' \
-                 AND {newer} RETURNING t.*) \
-                 INSERT INTO {DELETED_KEYS} \
-                 (table_name, row_key, order_key, _cdc_topic, _cdc_partition, _cdc_offset, image) \
-                 SELECT {table_literal}, {row_key}, s._cdc_order, s._cdc_topic, s._cdc_partition, s._cdc_offset, \
-                 coalesce((SELECT to_jsonb(t) FROM gone t WHERE {key_match}), to_jsonb(s)) \
-                 FROM {staging} s WHERE s._cdc_op = 'd' \
-                 ON CONFLICT (table_name, row_key) DO UPDATE \
-                 SET order_key = EXCLUDED.order_key, _cdc_topic = EXCLUDED._cdc_topic, \
-                     _cdc_partition = EXCLUDED._cdc_partition, _cdc_offset = EXCLUDED._cdc_offset, \
-                     image = EXCLUDED.image \
-                 WHERE {keep_newer_tombstone};"
-            )),
+            // Deletes that found no row (or only a newer one) keep their
+            // staged image; the second statement's conflict check leaves the
+            // first's tombstones (same position, not newer) as they are.
+            DeleteMode::Hard => {
+                let insert_tombstones = |from: &str| {
+                    format!(
+                        "INSERT INTO {DELETED_KEYS} \
+                         (table_name, row_key, order_key, _cdc_topic, _cdc_partition, _cdc_offset, image) \
+                         SELECT {table_literal}, {from}\n\
+                         ON CONFLICT (table_name, row_key) DO UPDATE \
+                         SET order_key = EXCLUDED.order_key, _cdc_topic = EXCLUDED._cdc_topic, \
+                             _cdc_partition = EXCLUDED._cdc_partition, _cdc_offset = EXCLUDED._cdc_offset, \
+                             image = EXCLUDED.image \
+                         WHERE {keep_newer_tombstone};\n"
+                    )
+                };
+                sql.push_str(&format!(
+                    "WITH gone AS (DELETE FROM {table} AS t USING {staging} s WHERE {key_match} \
+                     AND s._cdc_op = 'd' AND {newer} RETURNING {row_key} AS row_key, s._cdc_order, s._cdc_topic, \
+                     s._cdc_partition, s._cdc_offset, to_jsonb(t) AS image) {}",
+                    insert_tombstones("row_key, _cdc_order, _cdc_topic, _cdc_partition, _cdc_offset, image FROM gone")
+                ));
+                sql.push_str(&insert_tombstones(&format!(
+                    "{row_key}, s._cdc_order, s._cdc_topic, s._cdc_partition, s._cdc_offset, to_jsonb(s) \
+                     FROM {staging} s WHERE s._cdc_op = 'd'"
+                )));
+            }
             DeleteMode::Soft => sql.push_str(&format!(
                 "UPDATE {table} AS t SET {meta}, _cdc_deleted = true, _cdc_deleted_at = s._cdc_source_ts \
                  FROM {staging} s WHERE {key_match} AND s._cdc_op = 'd' AND {newer};\n\
