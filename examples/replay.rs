@@ -18,6 +18,7 @@
 mod config;
 
 use anyhow::{Context, bail};
+use cdc_lakehouse::core::StageTimes;
 use cdc_lakehouse::core::jsonl::{self, JsonlDeadLetters};
 use cdc_lakehouse::sinks::PgUrl;
 use clap::Parser;
@@ -99,7 +100,7 @@ async fn main() -> anyhow::Result<()> {
     let dead_letters = Box::new(JsonlDeadLetters::new(&args.dead_letters));
     let mut pipeline = config.pipeline(dead_letters).with_reapply(args.reapply);
     let summary = match args.input.as_str() {
-        "-" => jsonl::replay(std::io::stdin().lock(), "stdin", &mut pipeline).await?,
+        "-" => jsonl::replay(std::io::BufReader::new(std::io::stdin()), "stdin", &mut pipeline).await?,
         path => {
             let file = std::fs::File::open(path).with_context(|| format!("opening {path}"))?;
             jsonl::replay(std::io::BufReader::new(file), path, &mut pipeline).await?
@@ -112,6 +113,17 @@ async fn main() -> anyhow::Result<()> {
     );
     for ((table, op), n) in &stats.events {
         println!("  {table:<24} {op} {n:>8}");
+    }
+    // Where the time went: the reader thread parses lines, this task decodes,
+    // the sinks apply the batch before meanwhile.
+    println!(
+        "time: decoding {:.1}s, waiting for parsed lines {:.1}s, waiting for the sinks {:.1}s",
+        stats.decoding.as_secs_f64(),
+        summary.waiting_for_input.as_secs_f64(),
+        stats.waiting_for_sinks.as_secs_f64()
+    );
+    for (sink, stages) in &stats.sink_stages {
+        println!("  {sink:<10} {}", StageTimes::describe(stages.total()));
     }
     if stats.dead_letters > 0 {
         bail!("{} records could not be applied: see {}", stats.dead_letters, args.dead_letters.display());

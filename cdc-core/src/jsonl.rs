@@ -7,7 +7,11 @@
 //! (with or without the `schema`/`payload` wrapper). Key and value bytes are
 //! kept exactly as written, so a replay decodes the same bytes Kafka carried.
 
+use std::borrow::Cow;
+use std::marker::PhantomData;
+
 use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::pipeline::{DeadLetter, DeadLetterStore, Pipeline};
@@ -35,6 +39,93 @@ impl KafkaRecord {
     }
 }
 
+/// A record object whose key and value are strings holding serialized JSON
+/// (`kcat -J`, most dumps): read in one pass, each string unescaped as it is
+/// read (borrowed when it has no escapes). A field holding a JSON value
+/// instead is only marked ([`Field::Json`]); [`Line`] then reads its text.
+#[derive(Deserialize)]
+struct TextLine<'a> {
+    #[serde(borrow)]
+    topic: Option<Cow<'a, str>>,
+    partition: Option<i32>,
+    offset: Option<i64>,
+    #[serde(borrow)]
+    key: Option<Field<'a>>,
+    #[serde(borrow)]
+    value: Option<Field<'a>>,
+    #[serde(borrow)]
+    payload: Option<Field<'a>>,
+}
+
+enum Field<'a> {
+    Text(Cow<'a, str>),
+    /// A JSON value (not a string): its text is read by [`Line`].
+    Json,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct FieldVisitor<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for FieldVisitor<'a> {
+            type Value = Field<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_borrowed_str<E>(self, text: &'de str) -> std::result::Result<Field<'a>, E> {
+                Ok(Field::Text(Cow::Borrowed(text)))
+            }
+            fn visit_str<E>(self, text: &str) -> std::result::Result<Field<'a>, E> {
+                Ok(Field::Text(Cow::Owned(text.to_owned())))
+            }
+            fn visit_string<E>(self, text: String) -> std::result::Result<Field<'a>, E> {
+                Ok(Field::Text(Cow::Owned(text)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Field<'a>, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Field::Json)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Field<'a>, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Field::Json)
+            }
+            fn visit_bool<E>(self, _: bool) -> std::result::Result<Field<'a>, E> {
+                Ok(Field::Json)
+            }
+            fn visit_i64<E>(self, _: i64) -> std::result::Result<Field<'a>, E> {
+                Ok(Field::Json)
+            }
+            fn visit_u64<E>(self, _: u64) -> std::result::Result<Field<'a>, E> {
+                Ok(Field::Json)
+            }
+            fn visit_f64<E>(self, _: f64) -> std::result::Result<Field<'a>, E> {
+                Ok(Field::Json)
+            }
+        }
+        deserializer.deserialize_any(FieldVisitor(PhantomData))
+    }
+}
+
+impl TextLine<'_> {
+    /// The record, when it is a record object whose key and value (or
+    /// payload) are strings or null.
+    fn into_record(self, number: u64) -> Option<KafkaRecord> {
+        let text = |field: Option<Field<'_>>| match field {
+            None => Some(None),
+            Some(Field::Text(text)) => Some(Some(text.into_owned())),
+            Some(Field::Json) => None,
+        };
+        let value = if self.value.is_some() { self.value } else { self.payload };
+        Some(KafkaRecord {
+            topic: self.topic?.into_owned(),
+            partition: self.partition.unwrap_or(0),
+            offset: self.offset.unwrap_or(number as i64),
+            key: text(self.key)?,
+            value: text(value)?,
+        })
+    }
+}
+
+/// Any line: a record object with JSON values or strings, or a bare envelope.
 #[derive(Deserialize)]
 struct Line<'a> {
     topic: Option<String>,
@@ -67,6 +158,12 @@ pub fn parse_line(line: &str, input: &str, number: u64) -> Result<KafkaRecord> {
         field: None,
         message: format!("line {}: {message}", number + 1),
     };
+    // Most dumps hold strings: one pass. Anything else is read again below.
+    if let Ok(text_line) = serde_json::from_str::<TextLine<'_>>(line)
+        && let Some(record) = text_line.into_record(number)
+    {
+        return Ok(record);
+    }
     let parsed: Line<'_> = serde_json::from_str(line).map_err(|e| error(format!("not a JSON object: {e}")))?;
     if let Some(topic) = parsed.topic {
         let text = |raw: Option<&RawValue>, field: &str| -> Result<Option<String>> {
@@ -115,10 +212,18 @@ pub fn parse_line(line: &str, input: &str, number: u64) -> Result<KafkaRecord> {
 /// What a replay did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReplaySummary {
+    /// Time spent waiting for the reader thread's parsed lines.
+    pub waiting_for_input: std::time::Duration,
     /// Lines pushed through the pipeline (dead letters included).
     pub records: u64,
     /// Lines every sink already held (a replay resumed after a stop).
     pub skipped: u64,
+}
+
+/// A line read and parsed by [`replay`]'s reader thread.
+enum ParsedLine {
+    Record(KafkaRecord),
+    Unreadable { number: u64, line: String, error: Error },
 }
 
 /// Applies the records of a JSON Lines input through `pipeline`: the same
@@ -126,35 +231,79 @@ pub struct ReplaySummary {
 /// state equals consuming the same records from Kafka. Records every sink
 /// holds are skipped; a line that cannot be parsed is dead-lettered (or,
 /// fail-fast, stops the replay) with its line number.
-pub async fn replay(input: impl std::io::BufRead, name: &str, pipeline: &mut Pipeline) -> Result<ReplaySummary> {
+///
+/// A thread reads and parses the lines ahead (a few thousand at most) while
+/// this task decodes and the sinks apply the batch before.
+pub async fn replay(
+    input: impl std::io::BufRead + Send + 'static,
+    name: &str,
+    pipeline: &mut Pipeline,
+) -> Result<ReplaySummary> {
+    const LINES_PER_CHUNK: usize = 512;
+    const CHUNKS_AHEAD: usize = 8;
     let resume = pipeline.resume_offsets().await?;
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<std::io::Result<Vec<ParsedLine>>>(CHUNKS_AHEAD);
+    let input_name = name.to_owned();
+    std::thread::spawn(move || {
+        let mut chunk = Vec::with_capacity(LINES_PER_CHUNK);
+        for (number, line) in input.lines().enumerate() {
+            let line = match line {
+                Ok(line) => line,
+                Err(error) => {
+                    let _ = sender.blocking_send(Err(error));
+                    return;
+                }
+            };
+            if line.trim().is_empty() {
+                continue;
+            }
+            let number = number as u64;
+            chunk.push(match parse_line(&line, &input_name, number) {
+                Ok(record) => ParsedLine::Record(record),
+                Err(error) => ParsedLine::Unreadable { number, line, error },
+            });
+            // A closed channel: the replay stopped.
+            if chunk.len() == LINES_PER_CHUNK && sender.blocking_send(Ok(std::mem::take(&mut chunk))).is_err() {
+                return;
+            }
+        }
+        let _ = sender.blocking_send(Ok(chunk));
+    });
     let mut summary = ReplaySummary::default();
-    for (number, line) in input.lines().enumerate() {
-        let line =
-            line.map_err(|e| Error::Sink { sink: "replay".into(), message: format!("{name}: {e}"), retriable: false })?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        match parse_line(&line, name, number as u64) {
-            Ok(record) if !pipeline.reapplies() && resume.holds(&record.raw().position()) => summary.skipped += 1,
-            Ok(record) => {
-                summary.records += 1;
-                pipeline.push(record.raw()).await?;
+    loop {
+        let waiting = std::time::Instant::now();
+        let Some(chunk) = receiver.recv().await else { break };
+        summary.waiting_for_input += waiting.elapsed();
+        let chunk = chunk.map_err(|e| Error::Sink {
+            sink: "replay".into(),
+            message: format!("{name}: {e}"),
+            retriable: false,
+        })?;
+        for parsed in chunk {
+            match parsed {
+                ParsedLine::Record(record) if !pipeline.reapplies() && resume.holds(&record.raw().position()) => {
+                    summary.skipped += 1
+                }
+                ParsedLine::Record(record) => {
+                    summary.records += 1;
+                    pipeline.push(record.raw()).await?;
+                }
+                ParsedLine::Unreadable { number, line, error } => {
+                    summary.records += 1;
+                    let raw = RawRecord {
+                        topic: name,
+                        partition: 0,
+                        offset: number as i64,
+                        key: None,
+                        value: Some(line.as_bytes()),
+                    };
+                    pipeline.reject(raw, error).await?;
+                }
             }
-            Err(error) => {
-                summary.records += 1;
-                let raw = RawRecord {
-                    topic: name,
-                    partition: 0,
-                    offset: number as i64,
-                    key: None,
-                    value: Some(line.as_bytes()),
-                };
-                pipeline.reject(raw, error).await?;
+            if pipeline.due() {
+                // The sinks apply it while the next batch is read.
+                pipeline.submit().await?;
             }
-        }
-        if pipeline.due() {
-            pipeline.flush().await?;
         }
     }
     pipeline.flush().await?;

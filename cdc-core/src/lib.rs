@@ -59,7 +59,7 @@ pub use event::{
     TransactionStatus, supersedes, supersedes_sql,
 };
 pub use schema::{DataType, Field, SchemaRef, SourceColumn, TableSchema, TimeUnit};
-pub use sink::{Batch, Offsets, Sink};
+pub use sink::{Batch, Offsets, Sink, StageTimes};
 pub use value::{
     DATE_INFINITY, DATE_NEG_INFINITY, Decimal, Interval, TIMESTAMP_INFINITY, TIMESTAMP_NEG_INFINITY, Value,
 };

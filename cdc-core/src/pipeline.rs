@@ -180,17 +180,52 @@ pub struct PipelineStats {
     pub records: u64,
     pub batches: u64,
     pub dead_letters: u64,
+    /// From the last batch's first record to every sink holding it.
     pub last_batch: Duration,
+    /// Time spent decoding records (in [`Pipeline::push`]).
+    pub decoding: Duration,
+    /// Time the caller waited for the sinks to finish a batch.
+    pub waiting_for_sinks: Duration,
+    /// Each sink's time by stage, as of the last batch applied.
+    pub sink_stages: Vec<(String, crate::sink::StageTimes)>,
 }
 
 /// A record's key and value bytes.
 type RawBytes = (Option<Vec<u8>>, Option<Vec<u8>>);
 
+/// The dead-letter store, shared by decoding (the caller's task) and the
+/// sinks' task applying a batch meanwhile.
+type SharedLetters = Arc<tokio::sync::Mutex<Box<dyn DeadLetterStore>>>;
+
+/// A batch the sinks are applying in their own task.
+struct InFlight {
+    task: tokio::task::JoinHandle<Applied>,
+    offsets: Offsets,
+    /// Change events of the batch by table and op, counted once applied.
+    events: BTreeMap<(String, &'static str), u64>,
+}
+
+/// What the sinks' task hands back: the sinks themselves, and how it went.
+struct Applied {
+    sinks: Vec<Box<dyn Sink>>,
+    result: Result<()>,
+    dead_letters: u64,
+    /// From the batch's first record to every sink holding it.
+    took: Duration,
+}
+
 /// Decodes records, batches them, applies each batch to every sink.
 pub struct Pipeline {
     decoder: Decoder,
+    /// Empty while a batch is in flight: its task owns them.
     sinks: Vec<Box<dyn Sink>>,
-    dead_letters: Box<dyn DeadLetterStore>,
+    dead_letters: SharedLetters,
+    /// At most one batch applies while the next is read and decoded.
+    in_flight: Option<InFlight>,
+    /// Offsets the sinks hold since the caller last took them.
+    applied: Offsets,
+    /// Why the sinks are gone (their task panicked): every later call fails.
+    lost: Option<String>,
     policy: BatchPolicy,
     retry: RetryPolicy,
     on_error: OnError,
@@ -219,7 +254,10 @@ impl Pipeline {
         Pipeline {
             decoder,
             sinks,
-            dead_letters,
+            dead_letters: Arc::new(tokio::sync::Mutex::new(dead_letters)),
+            in_flight: None,
+            applied: Offsets::new(),
+            lost: None,
             policy: BatchPolicy::default(),
             retry: RetryPolicy::default(),
             on_error: OnError::default(),
@@ -300,6 +338,7 @@ impl Pipeline {
         &self.stats
     }
 
+    /// The sinks; empty while they apply a batch ([`submit`](Self::submit)).
     pub fn sinks(&self) -> &[Box<dyn Sink>] {
         &self.sinks
     }
@@ -309,6 +348,7 @@ impl Pipeline {
     /// beginning, or the group's committed offset, for it). Fails when a
     /// sink's offsets are positions in another Kafka cluster.
     pub async fn resume_offsets(&mut self) -> Result<Offsets> {
+        self.settle().await?;
         let mut per_sink = Vec::new();
         for i in 0..self.sinks.len() {
             let offsets = self.durable_offsets_with_backoff(i).await?;
@@ -387,7 +427,14 @@ impl Pipeline {
     /// Decodes one record into the open batch. A record that cannot be
     /// decoded is dead-lettered (or, fail-fast, returned as the error).
     pub async fn push(&mut self, record: RawRecord<'_>) -> Result<()> {
-        self.batch_started.get_or_insert_with(Instant::now);
+        let started = Instant::now();
+        self.batch_started.get_or_insert(started);
+        let result = self.decode_into_batch(record).await;
+        self.stats.decoding += started.elapsed();
+        result
+    }
+
+    async fn decode_into_batch(&mut self, record: RawRecord<'_>) -> Result<()> {
         self.pending_bytes += record.key.map_or(0, <[u8]>::len) + record.value.map_or(0, <[u8]>::len);
         self.stats.records += 1;
         let mut decoded = self.decoder.decode(record);
@@ -434,6 +481,7 @@ impl Pipeline {
         }
         // Else the types of the table a sink already holds (which keeps
         // columns dropped at the source since).
+        self.settle().await?;
         for sink in &mut self.sinks {
             let schema = sink.column_types(table).await?;
             if let Some(schema) = schema.filter(|s| s.index_of(column).is_some()) {
@@ -514,12 +562,26 @@ impl Pipeline {
         }
     }
 
-    /// Applies the open batch to every sink and returns the offsets it
-    /// covered (safe to commit to Kafka). Retriable sink failures are retried
-    /// with backoff; a batch a sink refuses is split until the refused
-    /// events are found, which are dead-lettered (per sink) before any offset
-    /// moves past them.
+    /// Applies the open batch to every sink and waits until they hold it
+    /// (and the batch in flight before it); returns the offsets applied
+    /// since the caller last took them (safe to commit to Kafka). Retriable
+    /// sink failures are retried with backoff; a batch a sink refuses is
+    /// split until the refused events are found, which are dead-lettered
+    /// (per sink) before any offset moves past them.
     pub async fn flush(&mut self) -> Result<Offsets> {
+        self.submit().await?;
+        self.settle().await?;
+        Ok(std::mem::take(&mut self.applied))
+    }
+
+    /// Hands the open batch to the sinks and returns without waiting for
+    /// them: they apply it in their own task while the caller reads and
+    /// decodes the next one. One batch is in flight at a time (this first
+    /// waits for the one before), so at most two batches are in memory.
+    /// Returns the offsets applied since the caller last took them, as
+    /// [`flush`](Self::flush) does.
+    pub async fn submit(&mut self) -> Result<Offsets> {
+        self.settle().await?;
         let mut records = std::mem::take(&mut self.pending);
         // A rename found after some of the batch was pushed applies to all of it.
         for record in &mut records {
@@ -529,37 +591,88 @@ impl Pipeline {
         }
         let raw = std::mem::take(&mut self.pending_raw);
         self.pending_bytes = 0;
-        let started = self.batch_started.take();
-        if records.is_empty() {
-            return Ok(Offsets::new());
+        let started = self.batch_started.take().unwrap_or_else(Instant::now);
+        if !records.is_empty() {
+            let mut batch = Batch::from_records(records);
+            batch.reapply = self.reapply;
+            batch.offsets.cluster.clone_from(&self.cluster);
+            batch.offsets.partition_counts.clone_from(&self.partition_counts);
+            self.spawn_apply(batch, raw, started);
         }
-        let mut batch = Batch::from_records(records);
-        batch.reapply = self.reapply;
-        batch.offsets.cluster.clone_from(&self.cluster);
-        batch.offsets.partition_counts.clone_from(&self.partition_counts);
-        // Every sink applies the batch at once (each still sees batches in
-        // order); all finish before the offsets are returned, so nothing is
-        // cancelled half-way. A dead letter is stored, under a lock, before
-        // the sink that refused it moves its offsets past it.
-        let letters = tokio::sync::Mutex::new((&mut self.dead_letters, 0u64));
-        let (retry, on_error) = (&self.retry, self.on_error);
-        let applied =
-            futures::future::join_all(self.sinks.iter_mut().map(|sink| {
-                SinkApplier { sink, retry, on_error, letters: &letters, raw: &raw }.apply_isolating(&batch)
+        Ok(std::mem::take(&mut self.applied))
+    }
+
+    /// The offsets of batches the sinks finished since the caller last took
+    /// them, without waiting for the one in flight.
+    pub async fn take_applied(&mut self) -> Result<Offsets> {
+        if self.in_flight.as_ref().is_some_and(|f| f.task.is_finished()) {
+            self.settle().await?;
+        }
+        Ok(std::mem::take(&mut self.applied))
+    }
+
+    /// Starts the sinks' task for `batch`. Every sink applies it at once
+    /// (each still sees batches in order); all finish before its offsets
+    /// count as applied, so nothing is cancelled half-way. A dead letter is
+    /// stored, under the store's lock, before the sink that refused it
+    /// moves its offsets past it.
+    fn spawn_apply(&mut self, batch: Batch, raw: BTreeMap<Position, RawBytes>, started: Instant) {
+        let mut events = BTreeMap::new();
+        for event in &batch.events {
+            *events.entry((event.table().to_string(), event.op.code())).or_default() += 1;
+        }
+        let offsets = batch.offsets.clone();
+        let mut sinks = std::mem::take(&mut self.sinks);
+        let (letters, retry, on_error) = (self.dead_letters.clone(), self.retry.clone(), self.on_error);
+        let task = tokio::spawn(async move {
+            let stored = std::sync::atomic::AtomicU64::new(0);
+            let applied = futures::future::join_all(sinks.iter_mut().map(|sink| {
+                SinkApplier { sink, retry: &retry, on_error, letters: &letters, stored: &stored, raw: &raw }
+                    .apply_isolating(&batch)
             }))
             .await;
-        self.stats.dead_letters += letters.into_inner().1;
-        applied.into_iter().collect::<Result<Vec<()>>>()?;
-        for event in &batch.events {
-            *self.stats.events.entry((event.table().to_string(), event.op.code())).or_default() += 1;
+            let result = applied.into_iter().collect::<Result<Vec<()>>>().map(drop);
+            Applied { sinks, result, dead_letters: stored.into_inner(), took: started.elapsed() }
+        });
+        self.in_flight = Some(InFlight { task, offsets, events });
+    }
+
+    /// Waits for the batch in flight, takes the sinks back and counts its
+    /// offsets as applied. Every use of the sinks goes through here.
+    async fn settle(&mut self) -> Result<()> {
+        let Some(flight) = self.in_flight.take() else {
+            return match &self.lost {
+                Some(why) => Err(Error::Sink { sink: "pipeline".into(), message: why.clone(), retriable: false }),
+                None => Ok(()),
+            };
+        };
+        let waiting = Instant::now();
+        let joined = flight.task.await;
+        self.stats.waiting_for_sinks += waiting.elapsed();
+        let applied = match joined {
+            Ok(applied) => applied,
+            Err(error) => {
+                let why = format!("the sinks' task failed applying a batch ({error}); nothing after it applies");
+                self.lost = Some(why.clone());
+                return Err(Error::Sink { sink: "pipeline".into(), message: why, retriable: false });
+            }
+        };
+        self.sinks = applied.sinks;
+        self.stats.dead_letters += applied.dead_letters;
+        self.stats.sink_stages =
+            self.sinks.iter().filter_map(|s| Some((s.name().to_owned(), s.stage_times()?.clone()))).collect();
+        applied.result?;
+        self.applied.merge(&flight.offsets);
+        for (key, n) in flight.events {
+            *self.stats.events.entry(key).or_default() += n;
         }
         self.stats.batches += 1;
-        self.stats.last_batch = started.map(|t| t.elapsed()).unwrap_or_default();
-        Ok(batch.offsets)
+        self.stats.last_batch = applied.took;
+        Ok(())
     }
 
     async fn dead_letter(&mut self, letter: DeadLetter) -> Result<()> {
-        store_letter(self.dead_letters.as_mut(), &self.retry, letter).await?;
+        store_letter(self.dead_letters.lock().await.as_mut(), &self.retry, letter).await?;
         self.stats.dead_letters += 1;
         Ok(())
     }
@@ -587,16 +700,27 @@ async fn store_letter(store: &mut dyn DeadLetterStore, retry: &RetryPolicy, lett
 
 /// What applying a batch to one sink needs: sinks apply a batch
 /// concurrently, each through its own applier, sharing the dead-letter store.
-struct SinkApplier<'a, 's> {
+struct SinkApplier<'a> {
     sink: &'a mut Box<dyn Sink>,
     retry: &'a RetryPolicy,
     on_error: OnError,
-    /// The store, and how many letters went into it.
-    letters: &'a tokio::sync::Mutex<(&'s mut Box<dyn DeadLetterStore>, u64)>,
+    letters: &'a SharedLetters,
+    /// How many letters the batch's sinks stored.
+    stored: &'a std::sync::atomic::AtomicU64,
     raw: &'a BTreeMap<Position, RawBytes>,
 }
 
-impl SinkApplier<'_, '_> {
+impl Drop for Pipeline {
+    /// A batch still in flight is abandoned as a crash would: each sink
+    /// applies a batch atomically, so the next run resumes from what it holds.
+    fn drop(&mut self) {
+        if let Some(flight) = &self.in_flight {
+            flight.task.abort();
+        }
+    }
+}
+
+impl SinkApplier<'_> {
     /// Applies `batch` to sink `i`; on a non-retriable error, halves the
     /// events until the refused ones are isolated. A refused event is
     /// dead-lettered durably (or, fail-fast, returned as the error) *before*
@@ -647,10 +771,8 @@ impl SinkApplier<'_, '_> {
         let (key, value) = self.raw.get(&event.position).cloned().unwrap_or_default();
         let letter =
             DeadLetter { position: event.position.clone(), key, value, sink: Some(sink), error: error.to_string() };
-        let mut letters = self.letters.lock().await;
-        let (store, stored) = &mut *letters;
-        store_letter(store.as_mut(), self.retry, letter).await?;
-        *stored += 1;
+        store_letter(self.letters.lock().await.as_mut(), self.retry, letter).await?;
+        self.stored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

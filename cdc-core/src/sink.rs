@@ -146,6 +146,56 @@ impl Batch {
 ///   error naming the event; [`Error::is_retriable`](crate::Error::is_retriable)
 ///   tells a transient failure (retry the same batch) from bad data
 ///   (dead-letter the event, apply the rest).
+/// Where a sink's time goes, by stage (`history`, `arrow`, `merge`,
+/// `commit`, `copy`, `apply`, ...): the last batch's and the totals since
+/// start, each in the order the stages first ran.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StageTimes {
+    last: Vec<(&'static str, std::time::Duration)>,
+    total: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl StageTimes {
+    /// Starts a batch: what [`last`](Self::last) reports from now on.
+    pub fn start_batch(&mut self) {
+        self.last.clear();
+    }
+
+    pub fn add(&mut self, stage: &'static str, took: std::time::Duration) {
+        for list in [&mut self.last, &mut self.total] {
+            match list.iter_mut().find(|(name, _)| *name == stage) {
+                Some((_, sum)) => *sum += took,
+                None => list.push((stage, took)),
+            }
+        }
+    }
+
+    /// Times `work` as `stage`.
+    pub async fn time<T>(&mut self, stage: &'static str, work: impl std::future::Future<Output = T>) -> T {
+        let started = std::time::Instant::now();
+        let result = work.await;
+        self.add(stage, started.elapsed());
+        result
+    }
+
+    pub fn last(&self) -> &[(&'static str, std::time::Duration)] {
+        &self.last
+    }
+
+    pub fn total(&self) -> &[(&'static str, std::time::Duration)] {
+        &self.total
+    }
+
+    /// `copy 120ms apply 3.4s` (milliseconds below ten seconds).
+    pub fn describe(stages: &[(&'static str, std::time::Duration)]) -> String {
+        let shown = stages.iter().map(|(stage, took)| match took.as_millis() {
+            ms @ 0..10_000 => format!("{stage} {ms}ms"),
+            _ => format!("{stage} {:.1}s", took.as_secs_f64()),
+        });
+        shown.collect::<Vec<_>>().join(" ")
+    }
+}
+
 #[async_trait]
 pub trait Sink: Send {
     /// A short name for logs and errors (`delta`, `pg-target`).
@@ -160,6 +210,11 @@ pub trait Sink: Send {
     /// A short state for progress lines (the Delta sink: each table's
     /// version); `None` when there is nothing worth showing.
     fn status(&self) -> Option<String> {
+        None
+    }
+
+    /// Where this sink's time went, by stage, if it measures it.
+    fn stage_times(&self) -> Option<&StageTimes> {
         None
     }
 

@@ -453,12 +453,16 @@ impl KafkaSource {
                 break;
             }
             if pipeline.pending() > 0 && pipeline.due() {
-                let flush = self.flush(pipeline);
+                // The sinks apply it while the next batch is read and decoded.
+                let flush = self.commit_applied(pipeline, Applying::InBackground);
                 match self.until_shutdown(flush, &mut shutdown).await? {
                     Flushed::Done => {}
                     Flushed::Stopping => break,
                     Flushed::Abandoned => return self.abandoned(reader, pipeline).await,
                 }
+            } else {
+                // A batch that finished meanwhile is committed now, not with the next one.
+                self.commit_applied(pipeline, Applying::Nothing).await?;
             }
             if last_refresh.elapsed() >= TOPIC_REFRESH {
                 self.refresh_subscription().await?;
@@ -475,7 +479,7 @@ impl KafkaSource {
         reader.abort();
         let _ = reader.await; // releases its handle on the consumer, which leaves the group when dropped
         let limit = Duration::from_secs(self.config.shutdown_timeout_secs);
-        if tokio::time::timeout(limit, self.flush(pipeline)).await.is_err() {
+        if tokio::time::timeout(limit, self.commit_applied(pipeline, Applying::Wait)).await.is_err() {
             tracing::warn!(?limit, "shutdown: the last batch did not finish in time; abandoned, nothing committed");
         }
         Ok(summary(pipeline))
@@ -632,11 +636,20 @@ impl KafkaSource {
         }
         let sinks: Vec<String> =
             pipeline.sinks().iter().filter_map(|s| Some(format!("{}: {}", s.name(), s.status()?))).collect();
+        // Where the last batch's time went, per sink.
+        let stages: Vec<String> = stats
+            .sink_stages
+            .iter()
+            .map(|(sink, stages)| format!("{sink}: {}", cdc_core::StageTimes::describe(stages.last())))
+            .collect();
         tracing::info!(
             records = stats.records,
             rate = format!("{rate:.0}/s"),
             batches = stats.batches,
             last_batch_ms = stats.last_batch.as_millis() as u64,
+            last_batch_stages = stages.join("; "),
+            decoding_ms = stats.decoding.as_millis() as u64,
+            waiting_for_sinks_ms = stats.waiting_for_sinks.as_millis() as u64,
             assigned = shared.assigned.len(),
             lag = lag_total,
             lagging = lagging.join(" "),
@@ -646,8 +659,14 @@ impl KafkaSource {
         );
     }
 
-    async fn flush(&self, pipeline: &mut Pipeline) -> Result<()> {
-        let applied = pipeline.flush().await?;
+    /// Hands the open batch to the sinks (waiting for them, or not) and
+    /// commits to Kafka what they applied meanwhile.
+    async fn commit_applied(&self, pipeline: &mut Pipeline, applying: Applying) -> Result<()> {
+        let applied = match applying {
+            Applying::InBackground => pipeline.submit().await?,
+            Applying::Wait => pipeline.flush().await?,
+            Applying::Nothing => pipeline.take_applied().await?,
+        };
         self.update_metrics(pipeline);
         if applied.is_empty() {
             return Ok(());
@@ -671,6 +690,16 @@ impl KafkaSource {
         }
         Ok(())
     }
+}
+
+/// What [`KafkaSource::commit_applied`] does with the open batch.
+enum Applying {
+    /// Submits it; the sinks apply it while the next batch is read.
+    InBackground,
+    /// Applies it and waits for every batch in flight.
+    Wait,
+    /// Leaves it open: only commits what finished meanwhile.
+    Nothing,
 }
 
 /// How sink work that raced a shutdown ended.

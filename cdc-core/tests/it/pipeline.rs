@@ -302,3 +302,122 @@ async fn fixed_dead_letters_apply_in_reapply_mode_only() {
     replay(true).await;
     assert_eq!(rows(&sink.inner.lock().unwrap()), with, "applied in reapply mode, by order key");
 }
+
+/// A memory sink that applies a batch only once the test opens its gate,
+/// and records the batches it applied (their change events' positions).
+#[derive(Clone)]
+struct Gated {
+    inner: Arc<Mutex<MemorySink>>,
+    gate: Arc<tokio::sync::Semaphore>,
+    applied: Arc<Mutex<Vec<Vec<Position>>>>,
+    panics: bool,
+}
+
+impl Gated {
+    fn new() -> Gated {
+        Gated {
+            inner: Arc::default(),
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+            applied: Arc::default(),
+            panics: false,
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for Gated {
+    fn name(&self) -> &str {
+        "gated"
+    }
+    async fn durable_offsets(&mut self) -> Result<Offsets> {
+        Ok(self.inner.lock().unwrap().offsets.clone())
+    }
+    async fn apply(&mut self, batch: &Batch) -> Result<()> {
+        self.gate.acquire().await.expect("gate open").forget();
+        assert!(!self.panics, "a sink bug");
+        self.applied.lock().unwrap().push(batch.events.iter().map(|e| e.position.clone()).collect());
+        let mut inner = self.inner.lock().unwrap();
+        futures_lite_block(inner.apply(batch))
+    }
+}
+
+fn change_positions(records: &[FixtureRecord]) -> Vec<Position> {
+    let mut decoder = Decoder::new();
+    let decoded = records.iter().map(|r| decoder.decode(r.raw()).unwrap());
+    decoded.filter(|r| matches!(r, cdc_core::Record::Change(_))).map(|r| r.position().clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sinks_apply_a_batch_while_the_next_is_decoded() {
+    let records = load("schemas");
+    let (first, second) = records.split_at(records.len() / 2);
+    let sink = Gated::new();
+    let mut pipeline =
+        Pipeline::new(Decoder::new(), vec![Box::new(sink.clone())], Box::new(MemoryDeadLetters::default()));
+    let wait = std::time::Duration::from_secs(10);
+    for record in first {
+        pipeline.push(record.raw()).await.unwrap();
+    }
+    // Handed to the sink, which holds it at its gate: submit does not wait.
+    let submitted = tokio::time::timeout(wait, pipeline.submit()).await.expect("submit waits for the sink");
+    assert!(submitted.unwrap().is_empty(), "nothing was applied yet");
+    // The next batch decodes meanwhile.
+    for record in second {
+        tokio::time::timeout(wait, pipeline.push(record.raw())).await.expect("push waits for the sink").unwrap();
+    }
+    assert!(sink.applied.lock().unwrap().is_empty());
+    assert!(pipeline.take_applied().await.unwrap().is_empty(), "no offset before the sink holds the batch");
+    assert!(pipeline.sinks().is_empty(), "the sinks' task owns them");
+
+    sink.gate.add_permits(2);
+    let offsets = pipeline.flush().await.unwrap();
+    // Both batches, in order, each whole; their offsets only now.
+    let applied = sink.applied.lock().unwrap().clone();
+    assert_eq!(applied, vec![change_positions(first), change_positions(second)]);
+    let mut expected = Offsets::new();
+    for record in &records {
+        expected.advance(&record.raw().position());
+    }
+    assert_eq!(offsets.iter().collect::<Vec<_>>(), expected.iter().collect::<Vec<_>>());
+    assert_eq!(rows(&sink.inner.lock().unwrap()), rows(&expected_without(&records, &[])));
+    assert_eq!(pipeline.stats().batches, 2);
+    assert!(pipeline.take_applied().await.unwrap().is_empty(), "each offset is handed out once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_refused_in_the_background_stops_the_next_call_and_moves_no_offset() {
+    let records = load("schemas");
+    let poison = records.iter().find(|r| r.topic == "cdc.public.orders" && r.offset == 5).unwrap();
+    let sink = Flaky { refuse: Some(Position::new(poison.topic.as_str(), 0, poison.offset)), ..Flaky::default() };
+    let mut pipeline =
+        Pipeline::new(Decoder::new(), vec![Box::new(sink.clone())], Box::new(MemoryDeadLetters::default()))
+            .with_on_error(OnError::FailFast)
+            .with_retry(fast_retry());
+    for record in &records {
+        pipeline.push(record.raw()).await.unwrap();
+    }
+    assert!(pipeline.submit().await.unwrap().is_empty());
+    let error = pipeline.flush().await.unwrap_err();
+    assert!(error.to_string().contains("value does not fit"), "{error}");
+    assert!(pipeline.take_applied().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_panics_stops_the_pipeline_for_good() {
+    let records = load("schemas");
+    let sink = Gated { panics: true, ..Gated::new() };
+    sink.gate.add_permits(10);
+    let mut pipeline = Pipeline::new(Decoder::new(), vec![Box::new(sink)], Box::new(MemoryDeadLetters::default()));
+    let (first, second) = records.split_at(records.len() / 2);
+    for record in first {
+        pipeline.push(record.raw()).await.unwrap();
+    }
+    let error = pipeline.flush().await.unwrap_err();
+    assert!(error.to_string().contains("sinks' task failed"), "{error}");
+    // Its sinks are gone with the task: nothing may count as applied any more.
+    for record in second {
+        let _ = pipeline.push(record.raw()).await;
+    }
+    assert!(pipeline.flush().await.is_err(), "a later batch must not pass as applied by no sink");
+    assert!(pipeline.resume_offsets().await.is_err());
+}

@@ -14,7 +14,7 @@ mod widen;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use cdc_core::{Batch, ChangeEvent, Error, Offsets, Op, Result, RowChange, Sink, TableChange, Value};
@@ -150,7 +150,14 @@ pub struct DeltaSink {
     config: DeltaConfig,
     tables: HashMap<String, TableState>,
     history: Option<TableState>,
-    stats: ApplyStats,
+    meter: Meter,
+}
+
+/// What the sink measures as it applies: counts, and time by stage.
+#[derive(Default)]
+struct Meter {
+    counts: ApplyStats,
+    stages: cdc_core::StageTimes,
 }
 
 /// What the sink's commits did since [`DeltaSink::take_stats`] was last called.
@@ -181,7 +188,7 @@ struct TableState {
 
 impl DeltaSink {
     pub fn new(config: DeltaConfig) -> DeltaSink {
-        DeltaSink { config, tables: HashMap::new(), history: None, stats: ApplyStats::default() }
+        DeltaSink { config, tables: HashMap::new(), history: None, meter: Meter::default() }
     }
 
     pub fn config(&self) -> &DeltaConfig {
@@ -190,7 +197,7 @@ impl DeltaSink {
 
     /// The commit statistics gathered so far, resetting them.
     pub fn take_stats(&mut self) -> ApplyStats {
-        std::mem::take(&mut self.stats)
+        std::mem::take(&mut self.meter.counts)
     }
 
     /// The latest version of each table this sink has written or opened.
@@ -212,7 +219,7 @@ impl DeltaSink {
             attempt += 1;
             // Opens the table first (a separate borrow from the stats).
             self.state(name).await?;
-            let (tables, stats) = (&mut self.tables, &mut self.stats);
+            let (tables, meter) = (&mut self.tables, &mut self.meter);
             let history = self.history.as_ref().map(|h| &h.table);
             let Some(state) = tables.get_mut(name) else {
                 return Err(Error::Sink {
@@ -228,7 +235,7 @@ impl DeltaSink {
             if pending.is_empty() {
                 return Ok(());
             }
-            match apply_events(&config, name, state, &pending, (&batch.offsets, history), stats).await {
+            match apply_events(&config, name, state, &pending, (&batch.offsets, history), meter).await {
                 Ok(()) => return Ok(()),
                 Err(error) if error.is_retriable() && attempt < config.max_attempts => {
                     // Another writer (or maintenance) committed first, or the
@@ -383,7 +390,7 @@ async fn apply_events(
     state: &mut TableState,
     events: &[&ChangeEvent],
     (batch_offsets, history): (&Offsets, Option<&DeltaTable>),
-    stats: &mut ApplyStats,
+    meter: &mut Meter,
 ) -> Result<()> {
     // Runs of rows between truncates, and each truncate on its own.
     let mut segments = Vec::new();
@@ -427,7 +434,7 @@ async fn apply_events(
         extra.extend(stored_schema.as_ref().map(|(_, json)| (SCHEMA_METADATA, json.clone())));
         let (properties, cumulative) = offsets_commit(config, &state.held, &this_commit, extra);
         let table = match truncating {
-            Some(event) => truncate(table, event, properties).await?,
+            Some(event) => meter.stages.time("truncate", truncate(table, event, properties)).await?,
             None => {
                 // Rows older than an applied truncate stay out (they arrive
                 // late from another partition).
@@ -436,11 +443,14 @@ async fn apply_events(
                     .copied()
                     .filter(|e| state.truncated_below.as_ref().is_none_or(|below| e.order.to_hex() > *below))
                     .collect();
-                match cdc_core::collapse(&live).pop() {
+                let collapsing = Instant::now();
+                let collapsed = cdc_core::collapse(&live).pop();
+                meter.stages.add("collapse", collapsing.elapsed());
+                match collapsed {
                     Some(TableChange::Rows(rows)) => {
                         let guard = offsets_guard(config, &state.held, &this_commit);
                         let sources = (table, history, state.schema.as_ref());
-                        apply_rows(config, name, sources, &rows, (guard, properties), stats).await?
+                        apply_rows(config, name, sources, &rows, (guard, properties), meter).await?
                     }
                     _ => table,
                 }
@@ -454,7 +464,7 @@ async fn apply_events(
         if let Some((schema, _)) = stored_schema {
             state.schema = Some(schema);
         }
-        stats.commits += 1;
+        meter.counts.commits += 1;
     }
     Ok(())
 }
@@ -500,8 +510,9 @@ async fn apply_rows(
     (table, history, stored_schema): (DeltaTable, Option<&DeltaTable>, Option<&cdc_core::TableSchema>),
     rows: &[RowChange<'_>],
     (guard, properties): (CommitProperties, CommitProperties),
-    stats: &mut ApplyStats,
+    meter: &mut Meter,
 ) -> Result<DeltaTable> {
+    let preparing = Instant::now();
     let Some(newest) = rows.iter().map(|r| r.event).max_by_key(|e| e.order) else { return Ok(table) };
     // A delete's image is the row it deletes as far as the batch knows.
     let images: Vec<(&ChangeEvent, Option<&[Value]>)> =
@@ -532,7 +543,9 @@ async fn apply_rows(
             retriable: false,
         });
     }
+    meter.stages.add("arrow", preparing.elapsed());
     let (table, existing) = reshape_if_needed(name, table, &schema, &batch, guard).await?;
+    let preparing = Instant::now();
     let source = convert::for_delta(name, &batch, existing.as_ref(), config.soft_delete)?;
     let settle = owed::Settle {
         name,
@@ -544,6 +557,7 @@ async fn apply_rows(
     };
     let source = owed::settle(&settle, source, rows).await?;
     let source = convert::sort_by_key(&source, &key)?;
+    meter.stages.add("arrow", preparing.elapsed());
     let has_rows = table.version().is_some() && convert::has_files(&table)?;
     let deletes = rows.iter().any(RowChange::is_delete);
     let fast_path = !has_rows
@@ -557,14 +571,14 @@ async fn apply_rows(
         // read late, and keeps the row for a primary-key change's create.
         let inserts =
             if config.soft_delete { convert::stored_columns(&source)? } else { convert::without_deletes(&source)? };
-        stats.appends += 1;
-        stats.files_added += 1;
-        return append(config, table, inserts, properties).await;
+        meter.counts.appends += 1;
+        meter.counts.files_added += 1;
+        return meter.stages.time("append", append(config, table, inserts, properties)).await;
     }
-    stats.merges += 1;
+    meter.counts.merges += 1;
     // The table's schema as read once above: whether it holds `_cdc_owed`.
     let target_owes = existing.as_ref().is_some_and(|s| s.field_with_name(owed::OWED_COLUMN).is_ok());
-    merge(config, (table, target_owes), source, &key, rows, properties, stats).await
+    merge(config, (table, target_owes), source, &key, rows, properties, meter).await
 }
 
 /// Rewrites the table first (see `widen`) when the batch's values need a
@@ -659,8 +673,9 @@ async fn merge(
     key: &[String],
     rows: &[RowChange<'_>],
     properties: CommitProperties,
-    stats: &mut ApplyStats,
+    meter: &mut Meter,
 ) -> Result<DeltaTable> {
+    let started = Instant::now();
     let sql = convert::MergeSql::new(&source, key, rows, config.soft_delete, (config.merge_pruning, target_owes))?;
     let ctx = SessionContext::new();
     let source_frame = ctx.read_batch(source).map_err(|e| df_error(&e))?;
@@ -705,8 +720,13 @@ async fn merge(
         })
         .map_err(|e| delta_error(&e))?;
     let (table, metrics) = builder.await.map_err(|e| delta_error(&e))?;
-    stats.files_rewritten += metrics.num_target_files_removed as u64;
-    stats.files_added += metrics.num_target_files_added as u64;
+    // delta-rs times the scan and the rewrite; what is left is planning and the commit.
+    let (scan, rewrite) = (Duration::from_millis(metrics.scan_time_ms), Duration::from_millis(metrics.rewrite_time_ms));
+    meter.stages.add("merge scan", scan);
+    meter.stages.add("merge rewrite", rewrite);
+    meter.stages.add("merge plan+commit", started.elapsed().saturating_sub(scan + rewrite));
+    meter.counts.files_rewritten += metrics.num_target_files_removed as u64;
+    meter.counts.files_added += metrics.num_target_files_added as u64;
     tracing::debug!(
         inserted = metrics.num_target_rows_inserted,
         updated = metrics.num_target_rows_updated,
@@ -739,6 +759,10 @@ pub(crate) fn df_error(error: &deltalake::datafusion::error::DataFusionError) ->
 impl Sink for DeltaSink {
     fn name(&self) -> &str {
         NAME
+    }
+
+    fn stage_times(&self) -> Option<&cdc_core::StageTimes> {
+        Some(&self.meter.stages)
     }
 
     fn status(&self) -> Option<String> {
@@ -809,8 +833,9 @@ impl Sink for DeltaSink {
         // happened at the source, and the history says so. A retried batch
         // skips what the history already holds.
         // A reapplied batch (fixed dead letters) is already in the history.
+        self.meter.stages.start_batch();
         if self.config.history && !batch.reapply {
-            history::append(&self.config, &mut self.history, batch).await?;
+            self.meter.stages.time("history", history::append(&self.config, &mut self.history, batch)).await?;
         }
         for (name, events) in &tables {
             self.apply_table(name, events, batch).await?;

@@ -91,7 +91,13 @@ impl StateTables {
     }
 
     /// Applies one table's events of a batch inside `tx`.
-    pub async fn apply(&mut self, tx: &Transaction<'_>, events: &[&ChangeEvent]) -> Result<()> {
+    /// Times its stages (`copy`, `apply`) in `stages`.
+    pub async fn apply(
+        &mut self,
+        tx: &Transaction<'_>,
+        events: &[&ChangeEvent],
+        stages: &mut cdc_core::StageTimes,
+    ) -> Result<()> {
         let Some(first) = events.first() else { return Ok(()) };
         let schema_name = self.schema.clone().unwrap_or_else(|| first.source.schema.clone());
         let table_name = first.source.table.clone();
@@ -126,7 +132,7 @@ impl StateTables {
                              so rows cannot be matched"
                         )));
                     }
-                    self.apply_rows(tx, &table, &columns, &rows).await?;
+                    self.apply_rows(tx, &table, &columns, &rows, stages).await?;
                 }
             }
         }
@@ -306,7 +312,9 @@ impl StateTables {
         table: &str,
         columns: &[(Field, String)],
         rows: &[cdc_core::RowChange<'_>],
+        stages: &mut cdc_core::StageTimes,
     ) -> Result<()> {
+        let copying = std::time::Instant::now();
         self.staging_counter += 1;
         let staging = format!("_cdc_stage_{}", self.staging_counter);
         let Some(first) = rows.first() else { return Ok(()) };
@@ -409,6 +417,7 @@ impl StateTables {
             })?;
         }
         writer.finish().await.map_err(|e| sink_error(self.sink, &e))?;
+        stages.add("copy", copying.elapsed());
 
         let mut sql = self.apply_sql(table, &staging, columns, key_count)?;
         // A column the event's schema version lacks takes the column's
@@ -428,7 +437,7 @@ impl StateTables {
                 literal = quote_literal(name),
             ));
         }
-        tx.batch_execute(&sql).await.map_err(|e| sink_error(self.sink, &e))
+        stages.time("apply", tx.batch_execute(&sql)).await.map_err(|e| sink_error(self.sink, &e))
     }
 
     /// A primary-key change of a row whose TOASTed value did not change

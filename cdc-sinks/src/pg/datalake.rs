@@ -59,6 +59,8 @@ impl TransactionalSink for PgDatalakeSink {
 
     async fn try_apply(&mut self, batch: &Batch) -> Result<()> {
         let consumer = self.base.connection.config().consumer.clone();
+        let stages = &mut self.base.stages;
+        stages.start_batch();
         let client = self.base.connection.client().await?;
         let tx = client.transaction().await.map_err(|e| sink_error(NAME, &e))?;
         if !self.ready {
@@ -67,12 +69,12 @@ impl TransactionalSink for PgDatalakeSink {
         let stored = StoredOffsets::lock(&tx, NAME, &consumer).await?;
         let tables = stored.unapplied(batch);
         let events: Vec<&ChangeEvent> = tables.values().flatten().copied().collect();
-        insert_raw(&tx, &events).await?;
+        stages.time("raw copy", insert_raw(&tx, &events)).await?;
         for events in tables.values() {
-            self.processed.apply(&tx, events).await?;
+            self.processed.apply(&tx, events, stages).await?;
         }
         stored.write(&tx, NAME, batch).await?;
-        tx.commit().await.map_err(|e| sink_error(NAME, &e))?;
+        stages.time("commit", tx.commit()).await.map_err(|e| sink_error(NAME, &e))?;
         self.ready = true;
         Ok(())
     }
@@ -157,6 +159,10 @@ fn micros(us: i64) -> std::time::Duration {
 impl Sink for PgDatalakeSink {
     fn name(&self) -> &str {
         NAME
+    }
+
+    fn stage_times(&self) -> Option<&cdc_core::StageTimes> {
+        Some(&self.base.stages)
     }
 
     async fn durable_offsets(&mut self) -> Result<Offsets> {

@@ -39,11 +39,13 @@ use cdc_core::{Batch, Offsets, Result};
 pub(crate) struct PgBase {
     pub connection: Connection,
     ready: bool,
+    /// Where each batch's time goes: `copy`, `apply`, `commit`.
+    pub stages: cdc_core::StageTimes,
 }
 
 impl PgBase {
     pub fn new(config: PgConnectionConfig, sink: &'static str) -> PgBase {
-        PgBase { connection: Connection::new(config, sink), ready: false }
+        PgBase { connection: Connection::new(config, sink), ready: false, stages: Default::default() }
     }
 
     /// Reads the offsets table (creating it if missing), with retries.

@@ -65,14 +65,16 @@ impl TransactionalSink for PgTargetSink {
 
     async fn try_apply(&mut self, batch: &Batch) -> Result<()> {
         let consumer = self.base.connection.config().consumer.clone();
+        let stages = &mut self.base.stages;
+        stages.start_batch();
         let client = self.base.connection.client().await?;
         let tx = client.transaction().await.map_err(|e| sink_error(NAME, &e))?;
         let stored = StoredOffsets::lock(&tx, NAME, &consumer).await?;
         for events in stored.unapplied(batch).values() {
-            self.tables.apply(&tx, events).await?;
+            self.tables.apply(&tx, events, stages).await?;
         }
         stored.write(&tx, NAME, batch).await?;
-        tx.commit().await.map_err(|e| sink_error(NAME, &e))
+        stages.time("commit", tx.commit()).await.map_err(|e| sink_error(NAME, &e))
     }
 }
 
@@ -80,6 +82,10 @@ impl TransactionalSink for PgTargetSink {
 impl Sink for PgTargetSink {
     fn name(&self) -> &str {
         NAME
+    }
+
+    fn stage_times(&self) -> Option<&cdc_core::StageTimes> {
+        Some(&self.base.stages)
     }
 
     async fn durable_offsets(&mut self) -> Result<Offsets> {
