@@ -78,9 +78,14 @@ pub struct Decoder {
     /// Keep each change event's JSON text ([`ChangeEvent::raw`]).
     keep_raw_json: bool,
     /// Value schema text -> the row schema it describes (without key).
-    value_schemas: HashMap<Box<str>, CachedValueSchema>,
+    /// Hashed with aHash: the keys are kilobytes long, hashed per record.
+    value_schemas: HashMap<Box<str>, CachedValueSchema, ahash::RandomState>,
     /// Key schema text -> key column names.
-    key_schemas: HashMap<Box<str>, Arc<[String]>>,
+    key_schemas: HashMap<Box<str>, Arc<[String]>, ahash::RandomState>,
+    /// Topic -> the value and key schema texts of its last record with
+    /// schemas: the next record's are compared with them byte for byte
+    /// instead of being scanned as JSON ([`split_known_wrapper`]).
+    last_schemas: HashMap<String, [Option<Arc<str>>; 2]>,
     /// `schema.table` -> the latest schema seen or registered.
     tables: HashMap<String, SchemaRef>,
     /// Type schemaless columns of unknown type by their JSON shape.
@@ -152,6 +157,22 @@ impl WidestTypes {
     }
 }
 
+/// Which schema text of a record [`Decoder::last_schemas`] holds.
+const VALUE: usize = 0;
+const KEY: usize = 1;
+
+/// `{"schema":S,"payload":P}` as Kafka Connect's JsonConverter writes it
+/// (compact), where S is `schema` byte for byte: (S, P) without scanning S
+/// as JSON. `None` for anything else, which the caller parses in full. P is
+/// not checked here: the caller parses it.
+fn split_known_wrapper<'b, 's>(bytes: &'b [u8], schema: &'s str) -> Option<(&'s str, &'b str)> {
+    const OPEN: &[u8] = b"{\"schema\":";
+    const PAYLOAD: &[u8] = b",\"payload\":";
+    let rest = bytes.strip_prefix(OPEN)?.strip_prefix(schema.as_bytes())?.strip_prefix(PAYLOAD)?;
+    let payload = rest.trim_ascii_end().strip_suffix(b"}")?;
+    Some((schema, std::str::from_utf8(payload).ok()?))
+}
+
 struct CachedValueSchema {
     columns: Arc<TableSchema>,
     /// Keyed variants of `columns`, by key columns (almost always one).
@@ -215,6 +236,13 @@ impl Decoder {
         let Some(bytes) = record.value else {
             return Ok(Record::Tombstone { position });
         };
+        let last_value_schema = self.last_schema(record.topic, VALUE);
+        if let Some((schema, payload)) = last_value_schema.as_deref().and_then(|s| split_known_wrapper(bytes, s))
+            && let Ok(envelope) = serde_json::from_str::<Envelope<'_>>(payload)
+            && !envelope.is_wrapper()
+        {
+            return self.decode_envelope(record, envelope, Some(schema), "payload.");
+        }
         let top: Envelope<'_> = serde_json::from_slice(bytes).map_err(|e| fail(None, format!("not JSON: {e}")))?;
         let (envelope, schema_text, prefix) = match (top.schema, top.payload) {
             (Some(schema), Some(payload)) if top.is_wrapper() => {
@@ -229,6 +257,45 @@ impl Decoder {
                 return Err(fail(Some("payload"), "record has a `schema` but no `payload`".into()));
             }
             _ => (top, None, ""),
+        };
+        if let Some(text) = schema_text {
+            self.remember_schema(record.topic, VALUE, text);
+        }
+        self.decode_envelope(record, envelope, schema_text, prefix)
+    }
+
+    /// The topic's last schema text of `which` ([`VALUE`] or [`KEY`]).
+    fn last_schema(&self, topic: &str, which: usize) -> Option<Arc<str>> {
+        self.last_schemas.get(topic).and_then(|texts| texts.get(which).cloned().flatten())
+    }
+
+    fn remember_schema(&mut self, topic: &str, which: usize, text: &str) {
+        if self.last_schemas.get(topic).and_then(|t| t.get(which)?.as_deref()) == Some(text) {
+            return;
+        }
+        let texts = match self.last_schemas.get_mut(topic) {
+            Some(texts) => texts,
+            None => self.last_schemas.entry(topic.to_owned()).or_default(),
+        };
+        if let Some(slot) = texts.get_mut(which) {
+            *slot = Some(Arc::from(text));
+        }
+    }
+
+    /// Decodes a Debezium envelope (or transaction marker, heartbeat) read
+    /// from `record`'s value, with its schema text if it had one.
+    fn decode_envelope(
+        &mut self,
+        record: RawRecord<'_>,
+        envelope: Envelope<'_>,
+        schema_text: Option<&str>,
+        prefix: &str,
+    ) -> Result<Record> {
+        let position = record.position();
+        let fail = |field: Option<&str>, message: String| Error::Decode {
+            position: position.clone(),
+            field: field.map(str::to_owned),
+            message,
         };
 
         if envelope.status.is_some() {
@@ -257,7 +324,7 @@ impl Decoder {
 
         let (key_names, key_json) = match record.key {
             Some(key) if op != Op::Truncate => {
-                let (names, json) = self.key_names(key).map_err(|m| fail(Some("key"), m))?;
+                let (names, json) = self.key_names(record.topic, key).map_err(|m| fail(Some("key"), m))?;
                 (Some(names), Some(json))
             }
             _ => (None, None),
@@ -377,7 +444,14 @@ impl Decoder {
     }
 
     /// The key's column names and the JSON text of its payload.
-    fn key_names<'k>(&mut self, key: &'k [u8]) -> std::result::Result<(Arc<[String]>, &'k str), String> {
+    fn key_names<'k>(&mut self, topic: &str, key: &'k [u8]) -> std::result::Result<(Arc<[String]>, &'k str), String> {
+        if let Some(last) = self.last_schema(topic, KEY)
+            && let Some((schema, payload)) = split_known_wrapper(key, &last)
+            && serde_json::from_str::<IgnoredAny>(payload).is_ok()
+            && let Some(names) = self.key_schemas.get(schema)
+        {
+            return Ok((names.clone(), payload));
+        }
         let text = std::str::from_utf8(key).map_err(|e| format!("not UTF-8: {e}"))?;
         let names = serde_json::from_str::<KeyNames>(text).map_err(|e| format!("not a JSON object: {e}"))?.0;
         let is_wrapper =
@@ -394,6 +468,7 @@ impl Decoder {
         }
         let wrapper: Wrapper<'_> = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
         let payload = wrapper.payload.get();
+        self.remember_schema(topic, KEY, wrapper.schema.get());
         if let Some(names) = self.key_schemas.get(wrapper.schema.get()) {
             return Ok((names.clone(), payload));
         }

@@ -244,7 +244,7 @@ pub async fn replay(
     let resume = pipeline.resume_offsets().await?;
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<std::io::Result<Vec<ParsedLine>>>(CHUNKS_AHEAD);
     let input_name = name.to_owned();
-    std::thread::spawn(move || {
+    let reader = std::thread::Builder::new().name("jsonl-reader".into()).spawn(move || {
         let mut chunk = Vec::with_capacity(LINES_PER_CHUNK);
         for (number, line) in input.lines().enumerate() {
             let line = match line {
@@ -269,6 +269,7 @@ pub async fn replay(
         }
         let _ = sender.blocking_send(Ok(chunk));
     });
+    reader.map_err(|e| Error::Sink { sink: "replay".into(), message: format!("{name}: {e}"), retriable: false })?;
     let mut summary = ReplaySummary::default();
     loop {
         let waiting = std::time::Instant::now();

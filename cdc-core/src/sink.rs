@@ -117,35 +117,6 @@ impl Batch {
     }
 }
 
-/// A destination for change events.
-///
-/// The contract, which the pipeline relies on for exactly-once delivery:
-///
-/// - **Order.** `apply` gets batches one at a time, never concurrently for one
-///   sink instance, with the events of each partition in offset order. Events
-///   of one row are in one partition (Debezium keys records by primary key).
-///   Across partitions there is no order; a sink orders one row's events by
-///   [`ChangeEvent::order`](crate::ChangeEvent) and never lets an older event
-///   overwrite a newer one.
-/// - **Durability.** When `apply` returns `Ok`, the batch's changes *and* its
-///   [`Batch::offsets`] are durable, atomically: after a crash the sink holds
-///   both or neither (a Delta commit with `txn` actions, one PostgreSQL
-///   transaction). When it returns `Err`, nothing of the batch may be visible
-///   as applied.
-/// - **Resume.** [`durable_offsets`](Sink::durable_offsets) reads back the last
-///   offsets a sink holds, with the [`Offsets::cluster`] the last batch
-///   named (stored with them); the pipeline resumes each partition right after the
-///   lowest offset any sink holds.
-/// - **Duplicates.** Because sinks resume from different points, a sink will
-///   be given records it already holds: it must skip events at or below its
-///   durable offset for their partition ([`Batch::to_apply`]), checked
-///   against the offsets it has stored, not a copy cached in the process, so
-///   applying a batch twice leaves the same state as applying it once. Stored
-///   offsets never go backwards.
-/// - **Bad data.** An event the sink cannot apply fails the batch with an
-///   error naming the event; [`Error::is_retriable`](crate::Error::is_retriable)
-///   tells a transient failure (retry the same batch) from bad data
-///   (dead-letter the event, apply the rest).
 /// Where a sink's time goes, by stage (`history`, `arrow`, `merge`,
 /// `commit`, `copy`, `apply`, ...): the last batch's and the totals since
 /// start, each in the order the stages first ran.
@@ -196,6 +167,35 @@ impl StageTimes {
     }
 }
 
+/// A destination for change events.
+///
+/// The contract, which the pipeline relies on for exactly-once delivery:
+///
+/// - **Order.** `apply` gets batches one at a time, never concurrently for one
+///   sink instance, with the events of each partition in offset order. Events
+///   of one row are in one partition (Debezium keys records by primary key).
+///   Across partitions there is no order; a sink orders one row's events by
+///   [`ChangeEvent::order`](crate::ChangeEvent) and never lets an older event
+///   overwrite a newer one.
+/// - **Durability.** When `apply` returns `Ok`, the batch's changes *and* its
+///   [`Batch::offsets`] are durable, atomically: after a crash the sink holds
+///   both or neither (a Delta commit with `txn` actions, one PostgreSQL
+///   transaction). When it returns `Err`, nothing of the batch may be visible
+///   as applied.
+/// - **Resume.** [`durable_offsets`](Sink::durable_offsets) reads back the last
+///   offsets a sink holds, with the [`Offsets::cluster`] the last batch
+///   named (stored with them); the pipeline resumes each partition right after the
+///   lowest offset any sink holds.
+/// - **Duplicates.** Because sinks resume from different points, a sink will
+///   be given records it already holds: it must skip events at or below its
+///   durable offset for their partition ([`Batch::to_apply`]), checked
+///   against the offsets it has stored, not a copy cached in the process, so
+///   applying a batch twice leaves the same state as applying it once. Stored
+///   offsets never go backwards.
+/// - **Bad data.** An event the sink cannot apply fails the batch with an
+///   error naming the event; [`Error::is_retriable`](crate::Error::is_retriable)
+///   tells a transient failure (retry the same batch) from bad data
+///   (dead-letter the event, apply the rest).
 #[async_trait]
 pub trait Sink: Send {
     /// A short name for logs and errors (`delta`, `pg-target`).

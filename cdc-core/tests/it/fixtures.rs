@@ -1,5 +1,5 @@
 //! Every captured record decodes, and decodes to what it should be.
-use cdc_core::{DataType, Op, Record, TimeUnit, TransactionStatus, Value};
+use cdc_core::{DataType, Decoder, Op, RawRecord, Record, TimeUnit, TransactionStatus, Value};
 
 use crate::common::*;
 
@@ -146,4 +146,62 @@ fn schemas_written_as_connect_json_read_back_the_same() {
         }
     }
     assert!(compared > 300, "{compared} columns compared");
+}
+
+/// The decoder reads a record whose schema is its topic's last one without
+/// scanning the schema (`split_known_wrapper`): every record of every fixture
+/// with schemas decodes the same as by a decoder that never saw its topic,
+/// and a record that only starts like a known wrapper is read in full.
+#[test]
+fn records_after_a_known_schema_decode_as_the_first_of_their_topic() {
+    for fixture in ["schemas", "modes-string", "modes-double", "fidelity-schemas", "fidelity-modes-string"] {
+        let records = cdc_core::testing::load(fixture);
+        let mut warm = Decoder::new().keep_raw_json(true);
+        let mut fast = 0;
+        for record in &records {
+            let cold_result = Decoder::new().keep_raw_json(true).decode(record.raw());
+            let warm_result = warm.decode(record.raw());
+            assert_eq!(comparable(&warm_result), comparable(&cold_result), "{fixture} {}", record.offset);
+            fast += usize::from(
+                warm_result.is_ok() && record.value.as_deref().is_some_and(|v| v.starts_with("{\"schema\":{")),
+            );
+        }
+        assert!(fast > records.len() / 2, "{fixture}: {fast} of {} records with schemas", records.len());
+    }
+    // After a known schema: a payload with trailing members, a broken payload.
+    let records = cdc_core::testing::load("schemas");
+    let record = records.iter().find(|r| r.value.as_deref().is_some_and(|v| v.contains("\"op\":\"u\""))).unwrap();
+    let value = record.value.clone().unwrap();
+    let mut decoder = Decoder::new().keep_raw_json(true);
+    decoder.decode(record.raw()).unwrap();
+    let with_extra = format!("{},\"extra\":1}}", value.strip_suffix('}').unwrap());
+    let broken = format!("{}}}", value.strip_suffix("}}").unwrap());
+    for (changed, ok) in [(with_extra, true), (broken, false)] {
+        let raw = RawRecord { value: Some(changed.as_bytes()), ..record.raw() };
+        let (warm_result, cold_result) = (decoder.decode(raw), Decoder::new().keep_raw_json(true).decode(raw));
+        assert_eq!(comparable(&warm_result), comparable(&cold_result));
+        assert_eq!(warm_result.is_ok(), ok, "{}", comparable(&warm_result));
+    }
+}
+
+/// A decoded record as text, its schema's name index (a hash map) left out.
+fn comparable(result: &cdc_core::Result<Record>) -> String {
+    match result {
+        Ok(Record::Change(e)) => format!(
+            "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+            e.position,
+            e.op,
+            e.schema.fields(),
+            e.schema.key_indices(),
+            e.before,
+            e.after,
+            e.key,
+            e.source,
+            e.ts_ms,
+            e.order,
+            e.raw
+        ),
+        Ok(other) => format!("{other:?}"),
+        Err(error) => format!("error: {error}"),
+    }
 }
