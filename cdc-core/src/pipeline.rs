@@ -569,9 +569,11 @@ impl Pipeline {
     /// split until the refused events are found, which are dead-lettered
     /// (per sink) before any offset moves past them.
     pub async fn flush(&mut self) -> Result<Offsets> {
-        self.submit().await?;
+        // What the batch before finished, then this one.
+        let mut applied = self.submit().await?;
         self.settle().await?;
-        Ok(std::mem::take(&mut self.applied))
+        applied.merge(&std::mem::take(&mut self.applied));
+        Ok(applied)
     }
 
     /// Hands the open batch to the sinks and returns without waiting for
@@ -640,15 +642,19 @@ impl Pipeline {
     /// Waits for the batch in flight, takes the sinks back and counts its
     /// offsets as applied. Every use of the sinks goes through here.
     async fn settle(&mut self) -> Result<()> {
-        let Some(flight) = self.in_flight.take() else {
+        let Some(flight) = self.in_flight.as_mut() else {
             return match &self.lost {
                 Some(why) => Err(Error::Sink { sink: "pipeline".into(), message: why.clone(), retriable: false }),
                 None => Ok(()),
             };
         };
+        // Awaited in place: if this wait is given up (a shutdown timeout
+        // drops it), the batch is still in flight, for the next wait or for
+        // `drop` to abort, never running on with the sinks out of reach.
         let waiting = Instant::now();
-        let joined = flight.task.await;
+        let joined = (&mut flight.task).await;
         self.stats.waiting_for_sinks += waiting.elapsed();
+        let Some(flight) = self.in_flight.take() else { return Ok(()) };
         let applied = match joined {
             Ok(applied) => applied,
             Err(error) => {

@@ -421,3 +421,23 @@ async fn a_sink_that_panics_stops_the_pipeline_for_good() {
     assert!(pipeline.flush().await.is_err(), "a later batch must not pass as applied by no sink");
     assert!(pipeline.resume_offsets().await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_given_up_leaves_the_batch_in_flight() {
+    let records = load("schemas");
+    let sink = Gated::new();
+    let mut pipeline =
+        Pipeline::new(Decoder::new(), vec![Box::new(sink.clone())], Box::new(MemoryDeadLetters::default()));
+    for record in &records {
+        pipeline.push(record.raw()).await.unwrap();
+    }
+    // A shutdown timeout gives up waiting for the sinks.
+    let given_up = tokio::time::timeout(std::time::Duration::from_millis(100), pipeline.flush()).await;
+    assert!(given_up.is_err(), "the sink is held at its gate");
+    // The batch is still the pipeline's: the next wait gets it, and its offsets.
+    sink.gate.add_permits(1);
+    let offsets = pipeline.flush().await.unwrap();
+    assert!(!offsets.is_empty(), "the batch's offsets come with the next wait");
+    assert_eq!(sink.applied.lock().unwrap().len(), 1);
+    assert_eq!(pipeline.sinks().len(), 1, "the sinks are back");
+}
