@@ -15,12 +15,13 @@
 //!
 //! Uses the PostgreSQL at CDC_TEST_PG_URL, or starts a throwaway cluster with
 //! scripts/pg-cluster.sh (installing Debian's PostgreSQL if needed).
+mod support;
+
 #[path = "../examples/demo/mod.rs"]
 #[allow(dead_code)] // the demo's own partitioning is replaced below
 mod demo;
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,7 @@ use cdc_lakehouse::core::{Batch, Decoder, Offsets, Position, Result, Sink};
 use cdc_lakehouse::kafka::{KafkaConfig, KafkaSource, OutgoingRecord, Publisher};
 use cdc_lakehouse::sinks::{DeltaConfig, DeltaSink, PgConnectionConfig, PgTargetSink};
 use rdkafka::mocking::MockCluster;
+use support::{database_url, fresh_database, peak_rss_mib, reset_peak_rss};
 
 /// When each event's batch was committed, by position.
 type Commits = Arc<Mutex<Vec<(Position, Instant)>>>;
@@ -57,35 +59,6 @@ impl Sink for Timed {
         self.commits.lock().unwrap().extend(batch.events.iter().map(|e| (e.position.clone(), now)));
         Ok(())
     }
-}
-
-fn database_url() -> String {
-    if let Ok(url) = std::env::var("CDC_TEST_PG_URL") {
-        return url;
-    }
-    let dir = std::env::temp_dir().join(format!("cdc-bench-pg-{}", std::process::id()));
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-cluster.sh");
-    let out = Command::new("bash").arg(script).arg("start").arg(&dir).output().expect("scripts/pg-cluster.sh");
-    assert!(out.status.success(), "starting PostgreSQL failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-async fn fresh_database(admin_url: &str, name: &str) -> String {
-    let (client, connection) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.unwrap();
-    client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
-    format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0)
-}
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next());
-    kib.and_then(|k| k.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
-}
-
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// Which sinks a scenario feeds.

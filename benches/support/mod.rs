@@ -3,6 +3,8 @@
 // Each bench uses part of this module.
 #![allow(dead_code)]
 
+use std::process::Command;
+
 use cdc_lakehouse::core::{Batch, Decoder, RawRecord, Record};
 
 const SCHEMA: &str = r#"{"type":"struct","fields":[{"type":"struct","optional":true,"field":"before","fields":[{"type":"int64","optional":false,"field":"id"},{"type":"string","optional":true,"field":"name","parameters":{"__debezium.source.column.type":"VARCHAR","__debezium.source.column.length":"100"}},{"type":"bytes","optional":true,"name":"org.apache.kafka.connect.data.Decimal","parameters":{"scale":"2","connect.decimal.precision":"10"},"field":"price"},{"type":"int32","optional":true,"field":"quantity"},{"type":"int64","optional":true,"name":"io.debezium.time.MicroTimestamp","field":"updated_at"}]},{"type":"struct","optional":true,"field":"after","fields":[{"type":"int64","optional":false,"field":"id"},{"type":"string","optional":true,"field":"name","parameters":{"__debezium.source.column.type":"VARCHAR","__debezium.source.column.length":"100"}},{"type":"bytes","optional":true,"name":"org.apache.kafka.connect.data.Decimal","parameters":{"scale":"2","connect.decimal.precision":"10"},"field":"price"},{"type":"int32","optional":true,"field":"quantity"},{"type":"int64","optional":true,"name":"io.debezium.time.MicroTimestamp","field":"updated_at"}]},{"type":"struct","optional":false,"field":"source","fields":[]},{"type":"string","optional":false,"field":"op"}],"optional":false,"name":"cdc.public.bench_items.Envelope"}"#;
@@ -80,4 +82,35 @@ impl Generator {
             .collect();
         Batch::from_records(records)
     }
+}
+
+/// The PostgreSQL at CDC_TEST_PG_URL, or a throwaway cluster started with
+/// scripts/pg-cluster.sh (installing Debian's PostgreSQL if needed).
+pub fn database_url() -> String {
+    if let Ok(url) = std::env::var("CDC_TEST_PG_URL") {
+        return url;
+    }
+    let dir = std::env::temp_dir().join(format!("cdc-bench-pg-{}", std::process::id()));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-cluster.sh");
+    let out = Command::new("bash").arg(script).arg("start").arg(&dir).output().expect("scripts/pg-cluster.sh");
+    assert!(out.status.success(), "starting PostgreSQL failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+pub async fn fresh_database(admin_url: &str, name: &str) -> String {
+    let (client, connection) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.unwrap();
+    client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0)
+}
+
+pub fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next());
+    kib.and_then(|k| k.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+}
+
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
