@@ -14,7 +14,6 @@ mod support;
 
 use std::time::Instant;
 
-use cdc_lakehouse::core::StageTimes;
 use cdc_lakehouse::core::jsonl;
 use cdc_lakehouse::core::pipeline::{BatchPolicy, MemoryDeadLetters, Pipeline};
 use cdc_lakehouse::core::{Decoder, Sink};
@@ -73,13 +72,7 @@ async fn main() {
             bytes as f64 / 1e6 / wall,
             peak_rss_mib()
         );
-        stage_lines.push(format!(
-            "{name}: decoding {:.1}s, waiting for parsed lines {:.1}s, waiting for the sink {:.1}s; {}",
-            stats.decoding.as_secs_f64(),
-            summary.waiting_for_input.as_secs_f64(),
-            stats.waiting_for_sinks.as_secs_f64(),
-            stats.sink_stages.iter().map(|(_, stages)| StageTimes::describe(stages.total())).collect::<String>()
-        ));
+        stage_lines.push(format!("{name}: {}", summary.describe_time(stats)));
     }
     println!("\nwhere the time went:");
     for line in stage_lines {

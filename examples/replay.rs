@@ -18,7 +18,6 @@
 mod config;
 
 use anyhow::{Context, bail};
-use cdc_lakehouse::core::StageTimes;
 use cdc_lakehouse::core::jsonl::{self, JsonlDeadLetters};
 use cdc_lakehouse::sinks::PgUrl;
 use clap::Parser;
@@ -116,15 +115,7 @@ async fn main() -> anyhow::Result<()> {
     }
     // Where the time went: the reader thread parses lines, this task decodes,
     // the sinks apply the batch before meanwhile.
-    println!(
-        "time: decoding {:.1}s, waiting for parsed lines {:.1}s, waiting for the sinks {:.1}s",
-        stats.decoding.as_secs_f64(),
-        summary.waiting_for_input.as_secs_f64(),
-        stats.waiting_for_sinks.as_secs_f64()
-    );
-    for (sink, stages) in &stats.sink_stages {
-        println!("  {sink:<10} {}", StageTimes::describe(stages.total()));
-    }
+    println!("time: {}", summary.describe_time(stats));
     if stats.dead_letters > 0 {
         bail!("{} records could not be applied: see {}", stats.dead_letters, args.dead_letters.display());
     }

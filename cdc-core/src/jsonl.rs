@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::pipeline::{DeadLetter, DeadLetterStore, Pipeline};
+use crate::pipeline::{DeadLetter, DeadLetterStore, Pipeline, PipelineStats};
 use crate::{Error, Position, RawRecord, Result};
 
 /// One recorded Kafka record.
@@ -220,6 +220,23 @@ pub struct ReplaySummary {
     pub skipped: u64,
 }
 
+impl ReplaySummary {
+    /// Where a replay's time went: decoding, waiting for the reader thread
+    /// and for the sinks, then a line per sink with its stages.
+    pub fn describe_time(&self, stats: &PipelineStats) -> String {
+        let mut text = format!(
+            "decoding {:.1}s, waiting for parsed lines {:.1}s, waiting for the sinks {:.1}s",
+            stats.decoding.as_secs_f64(),
+            self.waiting_for_input.as_secs_f64(),
+            stats.waiting_for_sinks.as_secs_f64()
+        );
+        for (sink, stages) in &stats.sink_stages {
+            text.push_str(&format!("\n  {sink:<10} {}", crate::StageTimes::describe(stages.total())));
+        }
+        text
+    }
+}
+
 /// A line read and parsed by [`replay`]'s reader thread.
 enum ParsedLine {
     Record(KafkaRecord),
@@ -241,6 +258,11 @@ pub async fn replay(
 ) -> Result<ReplaySummary> {
     const LINES_PER_CHUNK: usize = 512;
     const CHUNKS_AHEAD: usize = 8;
+    let replay_error = |e: &dyn std::fmt::Display| Error::Sink {
+        sink: "replay".into(),
+        message: format!("{name}: {e}"),
+        retriable: false,
+    };
     let resume = pipeline.resume_offsets().await?;
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<std::io::Result<Vec<ParsedLine>>>(CHUNKS_AHEAD);
     let input_name = name.to_owned();
@@ -269,17 +291,13 @@ pub async fn replay(
         }
         let _ = sender.blocking_send(Ok(chunk));
     });
-    reader.map_err(|e| Error::Sink { sink: "replay".into(), message: format!("{name}: {e}"), retriable: false })?;
+    reader.map_err(|e| replay_error(&e))?;
     let mut summary = ReplaySummary::default();
     loop {
         let waiting = std::time::Instant::now();
         let Some(chunk) = receiver.recv().await else { break };
         summary.waiting_for_input += waiting.elapsed();
-        let chunk = chunk.map_err(|e| Error::Sink {
-            sink: "replay".into(),
-            message: format!("{name}: {e}"),
-            retriable: false,
-        })?;
+        let chunk = chunk.map_err(|e| replay_error(&e))?;
         for parsed in chunk {
             match parsed {
                 ParsedLine::Record(record) if !pipeline.reapplies() && resume.holds(&record.raw().position()) => {
