@@ -74,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
             }
         });
         let mut published = 0u64;
+        let mut parser = jsonl::LineParser::new();
         while let Some(first) = receiver.recv().await {
             // What has arrived meanwhile goes in one round trip, in order.
             let mut lines = vec![first];
@@ -85,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
             }
             let mut batch = Vec::with_capacity(lines.len());
             for (number, line) in lines.iter().filter(|(_, l)| !l.trim().is_empty()) {
-                let record = jsonl::parse_line(line, "stdin", *number)?;
+                let record = parser.parse(line, "stdin", *number)?;
                 if topics.insert(record.topic.clone()) {
                     cluster.create_topic(&record.topic, args.partitions, 1)?;
                 }

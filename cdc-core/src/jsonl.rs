@@ -8,10 +8,9 @@
 //! kept exactly as written, so a replay decodes the same bytes Kafka carried.
 
 use std::borrow::Cow;
-use std::marker::PhantomData;
+use std::collections::HashMap;
 
 use serde::Deserialize;
-use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::pipeline::{DeadLetter, DeadLetterStore, Pipeline, PipelineStats};
@@ -39,96 +38,12 @@ impl KafkaRecord {
     }
 }
 
-/// A record object whose key and value are strings holding serialized JSON
-/// (`kcat -J`, most dumps): read in one pass, each string unescaped as it is
-/// read (borrowed when it has no escapes). A field holding a JSON value
-/// instead is only marked ([`Field::Json`]); [`Line`] then reads its text.
-#[derive(Deserialize)]
-struct TextLine<'a> {
-    #[serde(borrow)]
-    topic: Option<Cow<'a, str>>,
-    partition: Option<i32>,
-    offset: Option<i64>,
-    #[serde(borrow)]
-    key: Option<Field<'a>>,
-    #[serde(borrow)]
-    value: Option<Field<'a>>,
-    #[serde(borrow)]
-    payload: Option<Field<'a>>,
-}
-
-enum Field<'a> {
-    Text(Cow<'a, str>),
-    /// A JSON value (not a string): its text is read by [`Line`].
-    Json,
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
-    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
-        struct FieldVisitor<'a>(PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for FieldVisitor<'a> {
-            type Value = Field<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_borrowed_str<E>(self, text: &'de str) -> std::result::Result<Field<'a>, E> {
-                Ok(Field::Text(Cow::Borrowed(text)))
-            }
-            fn visit_str<E>(self, text: &str) -> std::result::Result<Field<'a>, E> {
-                Ok(Field::Text(Cow::Owned(text.to_owned())))
-            }
-            fn visit_string<E>(self, text: String) -> std::result::Result<Field<'a>, E> {
-                Ok(Field::Text(Cow::Owned(text)))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Field<'a>, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Field::Json)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Field<'a>, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Field::Json)
-            }
-            fn visit_bool<E>(self, _: bool) -> std::result::Result<Field<'a>, E> {
-                Ok(Field::Json)
-            }
-            fn visit_i64<E>(self, _: i64) -> std::result::Result<Field<'a>, E> {
-                Ok(Field::Json)
-            }
-            fn visit_u64<E>(self, _: u64) -> std::result::Result<Field<'a>, E> {
-                Ok(Field::Json)
-            }
-            fn visit_f64<E>(self, _: f64) -> std::result::Result<Field<'a>, E> {
-                Ok(Field::Json)
-            }
-        }
-        deserializer.deserialize_any(FieldVisitor(PhantomData))
-    }
-}
-
-impl TextLine<'_> {
-    /// The record, when it is a record object whose key and value (or
-    /// payload) are strings or null.
-    fn into_record(self, number: u64) -> Option<KafkaRecord> {
-        let text = |field: Option<Field<'_>>| match field {
-            None => Some(None),
-            Some(Field::Text(text)) => Some(Some(text.into_owned())),
-            Some(Field::Json) => None,
-        };
-        let value = if self.value.is_some() { self.value } else { self.payload };
-        Some(KafkaRecord {
-            topic: self.topic?.into_owned(),
-            partition: self.partition.unwrap_or(0),
-            offset: self.offset.unwrap_or(number as i64),
-            key: text(self.key)?,
-            value: text(value)?,
-        })
-    }
-}
-
-/// Any line: a record object with JSON values or strings, or a bare envelope.
+/// Any line: a record object whose key and value are JSON values or strings
+/// holding serialized JSON, or a bare envelope.
 #[derive(Deserialize)]
 struct Line<'a> {
-    topic: Option<String>,
+    #[serde(borrow)]
+    topic: Option<Cow<'a, str>>,
     partition: Option<i32>,
     offset: Option<i64>,
     #[serde(borrow)]
@@ -148,65 +63,142 @@ struct Source<'a> {
     table: Option<&'a str>,
 }
 
-/// Parses one line. `input` names the file and `number` is the line's number
-/// (from 0): a record object without an offset gets the line number, a bare
-/// envelope gets topic `<name>.<schema>.<table>` from its `source`, partition
-/// 0 and the line number.
-pub fn parse_line(line: &str, input: &str, number: u64) -> Result<KafkaRecord> {
-    let error = |message: String| Error::Decode {
-        position: Position::new(input, 0, number as i64),
-        field: None,
-        message: format!("line {}: {message}", number + 1),
-    };
-    // Most dumps hold strings: one pass. Anything else is read again below.
-    if let Ok(text_line) = serde_json::from_str::<TextLine<'_>>(line)
-        && let Some(record) = text_line.into_record(number)
-    {
-        return Ok(record);
+/// Which string of a record object a [`KnownPrefix`] belongs to.
+const KEY: usize = 0;
+const VALUE: usize = 1;
+
+/// The `{"schema":S,"payload":` start of a topic's last key or value string,
+/// escaped as the line holds it and unescaped. Records of a topic repeat
+/// their schema (most of a record's bytes and escapes), so a string that
+/// starts with the same escaped bytes has the same unescaped start: copied,
+/// and only the payload after it is unescaped.
+struct KnownPrefix {
+    escaped: Box<str>,
+    plain: Box<str>,
+}
+
+impl KnownPrefix {
+    /// The prefix of `plain` (an unescaped key or value) if it is a schema
+    /// wrapper whose start `escaped` (the string's text between its quotes)
+    /// holds as the same bytes a JSON writer would write.
+    fn of(plain: &str, escaped: &str) -> Option<KnownPrefix> {
+        const SCHEMA: &str = "{\"schema\":";
+        const PAYLOAD: &str = ",\"payload\":";
+        let after_key = plain.strip_prefix(SCHEMA)?;
+        let mut reader = serde_json::Deserializer::from_str(after_key);
+        let schema = <&RawValue>::deserialize(&mut reader).ok()?;
+        let end = SCHEMA.len() + schema.get().len();
+        if !plain.get(end..)?.starts_with(PAYLOAD) {
+            return None;
+        }
+        let plain = plain.get(..end + PAYLOAD.len())?;
+        let quoted = serde_json::to_string(plain).ok()?;
+        let escaped_prefix = quoted.get(1..quoted.len() - 1)?;
+        escaped.starts_with(escaped_prefix).then(|| KnownPrefix { escaped: escaped_prefix.into(), plain: plain.into() })
     }
-    let parsed: Line<'_> = serde_json::from_str(line).map_err(|e| error(format!("not a JSON object: {e}")))?;
-    if let Some(topic) = parsed.topic {
-        let text = |raw: Option<&RawValue>, field: &str| -> Result<Option<String>> {
-            match raw.map(RawValue::get) {
-                None | Some("null") => Ok(None),
-                // A string holding the serialized JSON, as kcat writes it.
-                Some(s) if s.starts_with('"') => {
-                    serde_json::from_str(s).map(Some).map_err(|e| error(format!("field `{field}`: {e}")))
-                }
-                Some(json) => Ok(Some(json.to_owned())),
+}
+
+/// Parses lines in order, remembering each topic's key and value schema
+/// prefixes ([`KnownPrefix`]) so that a string repeating them is unescaped
+/// only past them. Gives the same records as [`parse_line`].
+#[derive(Default)]
+pub struct LineParser {
+    known: HashMap<String, [Option<KnownPrefix>; 2]>,
+}
+
+impl LineParser {
+    pub fn new() -> LineParser {
+        LineParser::default()
+    }
+
+    /// Parses one line. `input` names the file and `number` is the line's
+    /// number (from 0): a record object without an offset gets the line
+    /// number, a bare envelope gets topic `<name>.<schema>.<table>` from its
+    /// `source`, partition 0 and the line number.
+    pub fn parse(&mut self, line: &str, input: &str, number: u64) -> Result<KafkaRecord> {
+        let error = |message: String| Error::Decode {
+            position: Position::new(input, 0, number as i64),
+            field: None,
+            message: format!("line {}: {message}", number + 1),
+        };
+        let parsed: Line<'_> = serde_json::from_str(line).map_err(|e| error(format!("not a JSON object: {e}")))?;
+        if let Some(topic) = parsed.topic {
+            let (value, field) = match parsed.value {
+                Some(value) => (Some(value), "value"),
+                None => (parsed.payload, "payload"),
+            };
+            let key = self.text(&topic, KEY, parsed.key).map_err(|e| error(format!("field `key`: {e}")))?;
+            let value = self.text(&topic, VALUE, value).map_err(|e| error(format!("field `{field}`: {e}")))?;
+            return Ok(KafkaRecord {
+                topic: topic.into_owned(),
+                partition: parsed.partition.unwrap_or(0),
+                offset: parsed.offset.unwrap_or(number as i64),
+                key,
+                value,
+            });
+        }
+        // A bare envelope: `source` at the top, or inside the schema wrapper's payload.
+        let source = match (parsed.source, parsed.payload) {
+            (Some(source), _) => source,
+            (None, Some(payload)) => serde_json::from_str::<Line<'_>>(payload.get())
+                .ok()
+                .and_then(|p| p.source)
+                .ok_or_else(|| error("`payload` has no `source`".into()))?,
+            (None, None) => {
+                return Err(error("neither a Kafka record (`topic`) nor a Debezium envelope (`source`)".into()));
             }
         };
-        let (value, field) = match parsed.value {
-            Some(value) => (Some(value), "value"),
-            None => (parsed.payload, "payload"),
-        };
-        return Ok(KafkaRecord {
-            topic,
-            partition: parsed.partition.unwrap_or(0),
-            offset: parsed.offset.unwrap_or(number as i64),
-            key: text(parsed.key, "key")?,
-            value: text(value, field)?,
-        });
+        let source: Source<'_> =
+            serde_json::from_str(source.get()).map_err(|e| error(format!("field `source`: {e}")))?;
+        let topic = format!(
+            "{}.{}.{}",
+            source.name.unwrap_or("cdc"),
+            source.schema.unwrap_or("public"),
+            source.table.ok_or_else(|| error("`source` has no `table`".into()))?
+        );
+        Ok(KafkaRecord { topic, partition: 0, offset: number as i64, key: None, value: Some(line.to_owned()) })
     }
-    // A bare envelope: `source` at the top, or inside the schema wrapper's payload.
-    let source = match (parsed.source, parsed.payload) {
-        (Some(source), _) => source,
-        (None, Some(payload)) => serde_json::from_str::<Line<'_>>(payload.get())
-            .ok()
-            .and_then(|p| p.source)
-            .ok_or_else(|| error("`payload` has no `source`".into()))?,
-        (None, None) => {
-            return Err(error("neither a Kafka record (`topic`) nor a Debezium envelope (`source`)".into()));
+
+    /// A key or value's bytes: a string holding serialized JSON (as kcat
+    /// writes it) unescaped, any other JSON value as written.
+    fn text(&mut self, topic: &str, which: usize, raw: Option<&RawValue>) -> serde_json::Result<Option<String>> {
+        let quoted = match raw.map(RawValue::get) {
+            None | Some("null") => return Ok(None),
+            Some(quoted) if quoted.starts_with('"') => quoted,
+            Some(json) => return Ok(Some(json.to_owned())),
+        };
+        let escaped = quoted.get(1..quoted.len() - 1).unwrap_or_default();
+        let known = self.known.get(topic).and_then(|prefixes| prefixes.get(which)?.as_ref());
+        if let Some(known) = known
+            && let Some(rest) = escaped.strip_prefix(&*known.escaped)
+        {
+            let mut rest_quoted = String::with_capacity(rest.len() + 2);
+            rest_quoted.push('"');
+            rest_quoted.push_str(rest);
+            rest_quoted.push('"');
+            let rest: Cow<'_, str> = serde_json::from_str(&rest_quoted)?;
+            let mut text = String::with_capacity(known.plain.len() + rest.len());
+            text.push_str(&known.plain);
+            text.push_str(&rest);
+            return Ok(Some(text));
         }
-    };
-    let source: Source<'_> = serde_json::from_str(source.get()).map_err(|e| error(format!("field `source`: {e}")))?;
-    let topic = format!(
-        "{}.{}.{}",
-        source.name.unwrap_or("cdc"),
-        source.schema.unwrap_or("public"),
-        source.table.ok_or_else(|| error("`source` has no `table`".into()))?
-    );
-    Ok(KafkaRecord { topic, partition: 0, offset: number as i64, key: None, value: Some(line.to_owned()) })
+        let text: String = serde_json::from_str(quoted)?;
+        if let Some(prefix) = KnownPrefix::of(&text, escaped) {
+            let prefixes = match self.known.get_mut(topic) {
+                Some(prefixes) => prefixes,
+                None => self.known.entry(topic.to_owned()).or_default(),
+            };
+            if let Some(slot) = prefixes.get_mut(which) {
+                *slot = Some(prefix);
+            }
+        }
+        Ok(Some(text))
+    }
+}
+
+/// Parses one line on its own (see [`LineParser::parse`]).
+pub fn parse_line(line: &str, input: &str, number: u64) -> Result<KafkaRecord> {
+    LineParser::new().parse(line, input, number)
 }
 
 /// What a replay did.
@@ -268,6 +260,7 @@ pub async fn replay(
     let input_name = name.to_owned();
     let reader = std::thread::Builder::new().name("jsonl-reader".into()).spawn(move || {
         let mut chunk = Vec::with_capacity(LINES_PER_CHUNK);
+        let mut parser = LineParser::new();
         for (number, line) in input.lines().enumerate() {
             let line = match line {
                 Ok(line) => line,
@@ -280,7 +273,7 @@ pub async fn replay(
                 continue;
             }
             let number = number as u64;
-            chunk.push(match parse_line(&line, &input_name, number) {
+            chunk.push(match parser.parse(&line, &input_name, number) {
                 Ok(record) => ParsedLine::Record(record),
                 Err(error) => ParsedLine::Unreadable { number, line, error },
             });

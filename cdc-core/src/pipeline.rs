@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -613,28 +614,51 @@ impl Pipeline {
         Ok(std::mem::take(&mut self.applied))
     }
 
-    /// Starts the sinks' task for `batch`. Every sink applies it at once
-    /// (each still sees batches in order); all finish before its offsets
-    /// count as applied, so nothing is cancelled half-way. A dead letter is
-    /// stored, under the store's lock, before the sink that refused it
-    /// moves its offsets past it.
+    /// Starts the sinks' task for `batch`. Every sink applies it at once, in
+    /// a task of its own (so their CPU work runs on separate cores), each
+    /// still seeing batches in order; all finish before its offsets count as
+    /// applied, so nothing is cancelled half-way. A dead letter is stored,
+    /// under the store's lock, before the sink that refused it moves its
+    /// offsets past it.
     fn spawn_apply(&mut self, batch: Batch, raw: BTreeMap<Position, RawBytes>, started: Instant) {
         let mut events = BTreeMap::new();
         for event in &batch.events {
             *events.entry((event.table().to_string(), event.op.code())).or_default() += 1;
         }
         let offsets = batch.offsets.clone();
-        let mut sinks = std::mem::take(&mut self.sinks);
+        let sinks = std::mem::take(&mut self.sinks);
+        let (batch, raw, stored) = (Arc::new(batch), Arc::new(raw), Arc::new(AtomicU64::new(0)));
         let (letters, retry, on_error) = (self.dead_letters.clone(), self.retry.clone(), self.on_error);
         let task = tokio::spawn(async move {
-            let stored = std::sync::atomic::AtomicU64::new(0);
-            let applied = futures::future::join_all(sinks.iter_mut().map(|sink| {
-                SinkApplier { sink, retry: &retry, on_error, letters: &letters, stored: &stored, raw: &raw }
-                    .apply_isolating(&batch)
-            }))
-            .await;
-            let result = applied.into_iter().collect::<Result<Vec<()>>>().map(drop);
-            Applied { sinks, result, dead_letters: stored.into_inner(), took: started.elapsed() }
+            // Dropped with this task (the pipeline dropped mid-batch): every
+            // sink's task is aborted with it, as a crash would stop them.
+            let mut running = tokio::task::JoinSet::new();
+            for (i, mut sink) in sinks.into_iter().enumerate() {
+                let (batch, raw, stored, letters, retry) =
+                    (batch.clone(), raw.clone(), stored.clone(), letters.clone(), retry.clone());
+                running.spawn(async move {
+                    let applier =
+                        SinkApplier { sink: &mut sink, retry: &retry, on_error, letters: &letters, stored: &stored, raw: &raw };
+                    let result = applier.apply_isolating(&batch).await;
+                    (i, sink, result)
+                });
+            }
+            let mut done = Vec::new();
+            while let Some(joined) = running.join_next().await {
+                match joined {
+                    Ok(finished) => done.push(finished),
+                    // A sink lost mid-batch loses the pipeline (see `settle`).
+                    Err(error) => std::panic::resume_unwind(error.try_into_panic().unwrap_or_else(|e| Box::new(e))),
+                }
+            }
+            done.sort_by_key(|(i, _, _)| *i);
+            let mut sinks = Vec::with_capacity(done.len());
+            let mut result = Ok(());
+            for (_, sink, applied) in done {
+                sinks.push(sink);
+                result = result.and(applied);
+            }
+            Applied { sinks, result, dead_letters: stored.load(Ordering::Relaxed), took: started.elapsed() }
         });
         self.in_flight = Some(InFlight { task, offsets, events });
     }
@@ -712,7 +736,7 @@ struct SinkApplier<'a> {
     on_error: OnError,
     letters: &'a SharedLetters,
     /// How many letters the batch's sinks stored.
-    stored: &'a std::sync::atomic::AtomicU64,
+    stored: &'a AtomicU64,
     raw: &'a BTreeMap<Position, RawBytes>,
 }
 
@@ -778,7 +802,7 @@ impl SinkApplier<'_> {
         let letter =
             DeadLetter { position: event.position.clone(), key, value, sink: Some(sink), error: error.to_string() };
         store_letter(self.letters.lock().await.as_mut(), self.retry, letter).await?;
-        self.stored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stored.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

@@ -184,6 +184,50 @@ fn records_after_a_known_schema_decode_as_the_first_of_their_topic() {
     }
 }
 
+/// kcat's form of a record: key and value as strings holding their JSON.
+fn kcat_line(record: &cdc_core::jsonl::KafkaRecord) -> String {
+    serde_json::json!({
+        "topic": record.topic, "partition": record.partition, "offset": record.offset,
+        "key": record.key, "value": record.value,
+    })
+    .to_string()
+}
+
+#[test]
+fn lines_after_a_known_schema_prefix_parse_as_the_first_of_their_topic() {
+    use cdc_core::jsonl::{LineParser, parse_line};
+    for fixture in ["schemas", "modes-string", "fidelity-schemas", "schemaless"] {
+        let lines: Vec<String> = cdc_core::testing::load(fixture).iter().map(kcat_line).collect();
+        let mut warm = LineParser::new();
+        for (number, line) in lines.iter().enumerate() {
+            let cold = parse_line(line, fixture, number as u64).unwrap();
+            assert_eq!(warm.parse(line, fixture, number as u64).unwrap(), cold, "{fixture} line {number}");
+        }
+    }
+    // After a known prefix: another payload, a schema that differs only
+    // past the prefix's start, quotes escaped another way, a broken escape.
+    let record = cdc_core::testing::load("schemas").into_iter().find(|r| r.value.is_some()).unwrap();
+    let line = kcat_line(&record);
+    let value = record.value.clone().unwrap();
+    let other_payload = kcat_line(&cdc_core::jsonl::KafkaRecord {
+        value: Some(value.replacen("\"payload\":{", "\"payload\":{\"x\":\"\\u00e9\\\"\",", 1)),
+        ..record.clone()
+    });
+    let other_schema = kcat_line(&cdc_core::jsonl::KafkaRecord {
+        value: Some(value.replacen("\"optional\":false", "\"optional\":true", 1)),
+        ..record.clone()
+    });
+    let unicode_quotes = line.replace("\\\"schema\\\"", "\\u0022schema\\u0022");
+    let broken = line.replacen("\\\"payload\\\":{", "\\\"payload\\\":{\\x", 1);
+    for (changed, ok) in [(other_payload, true), (other_schema, true), (unicode_quotes, true), (broken, false)] {
+        let mut warm = LineParser::new();
+        warm.parse(&line, "f", 0).unwrap();
+        let (warm, cold) = (warm.parse(&changed, "f", 1), parse_line(&changed, "f", 1));
+        assert_eq!(warm.is_ok(), ok, "{changed}");
+        assert_eq!(warm.ok(), cold.ok(), "{changed}");
+    }
+}
+
 /// A decoded record as text, its schema's name index (a hash map) left out.
 fn comparable(result: &cdc_core::Result<Record>) -> String {
     match result {

@@ -384,6 +384,52 @@ async fn the_sinks_apply_a_batch_while_the_next_is_decoded() {
     assert!(pipeline.take_applied().await.unwrap().is_empty(), "each offset is handed out once");
 }
 
+/// A sink whose apply holds its thread (as CPU work does) until every sink
+/// of the batch has started applying, or a timeout passes.
+#[derive(Clone, Default)]
+struct Rendezvous {
+    started: Arc<std::sync::atomic::AtomicUsize>,
+    /// Per apply: whether the other sinks had started while this one held its thread.
+    met: Arc<Mutex<Vec<bool>>>,
+}
+
+#[async_trait]
+impl Sink for Rendezvous {
+    fn name(&self) -> &str {
+        "rendezvous"
+    }
+    async fn durable_offsets(&mut self) -> Result<Offsets> {
+        Ok(Offsets::new())
+    }
+    async fn apply(&mut self, _batch: &Batch) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        self.started.fetch_add(1, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.started.load(Ordering::SeqCst) < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        self.met.lock().unwrap().push(self.started.load(Ordering::SeqCst) >= 2);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_sink_applies_on_its_own_thread_while_the_others_do() {
+    let sink = Rendezvous::default();
+    let mut pipeline = Pipeline::new(
+        Decoder::new(),
+        vec![Box::new(sink.clone()), Box::new(sink.clone())],
+        Box::new(MemoryDeadLetters::default()),
+    );
+    for record in &load("schemas") {
+        pipeline.push(record.raw()).await.unwrap();
+    }
+    let offsets = pipeline.flush().await.unwrap();
+    assert!(!offsets.is_empty());
+    assert_eq!(*sink.met.lock().unwrap(), vec![true, true], "one sink's CPU work held the other back");
+    assert_eq!(pipeline.sinks().len(), 2, "both sinks come back, in order");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_refused_in_the_background_stops_the_next_call_and_moves_no_offset() {
     let records = load("schemas");

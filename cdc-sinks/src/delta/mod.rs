@@ -206,49 +206,54 @@ impl DeltaSink {
     }
 
     async fn state(&mut self, name: &str) -> Result<&mut TableState> {
-        match self.tables.entry(name.to_owned()) {
-            std::collections::hash_map::Entry::Occupied(entry) => Ok(entry.into_mut()),
-            std::collections::hash_map::Entry::Vacant(entry) => Ok(entry.insert(open_state(&self.config, name).await?)),
-        }
+        table_state(&self.config, &mut self.tables, name).await
     }
+}
 
-    async fn apply_table(&mut self, name: &str, events: &[&ChangeEvent], batch: &Batch) -> Result<()> {
-        let config = self.config.clone();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            // Opens the table first (a separate borrow from the stats).
-            self.state(name).await?;
-            let (tables, meter) = (&mut self.tables, &mut self.meter);
-            let history = self.history.as_ref().map(|h| &h.table);
-            let Some(state) = tables.get_mut(name) else {
-                return Err(Error::Sink {
-                    sink: NAME.into(),
-                    message: format!("table {name} not open"),
-                    retriable: true,
-                });
-            };
-            // The batch's rule (skip what the table holds, unless reapplying),
-            // for this table's share of its events.
-            let pending: Vec<&ChangeEvent> =
-                events.iter().copied().filter(|e| batch.must_apply(&state.held, e)).collect();
-            if pending.is_empty() {
-                return Ok(());
+/// The table `name`, opened on first use.
+async fn table_state<'a>(
+    config: &DeltaConfig,
+    tables: &'a mut HashMap<String, TableState>,
+    name: &str,
+) -> Result<&'a mut TableState> {
+    match tables.entry(name.to_owned()) {
+        std::collections::hash_map::Entry::Occupied(entry) => Ok(entry.into_mut()),
+        std::collections::hash_map::Entry::Vacant(entry) => Ok(entry.insert(open_state(config, name).await?)),
+    }
+}
+
+/// Applies a batch's share of one table, retrying what may pass. `history`
+/// is the history table as of the batches before (for owed TOAST values).
+async fn apply_table(
+    config: &DeltaConfig,
+    (tables, meter): (&mut HashMap<String, TableState>, &mut Meter),
+    history: Option<&DeltaTable>,
+    (name, events): (&str, &[&ChangeEvent]),
+    batch: &Batch,
+) -> Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let state = table_state(config, tables, name).await?;
+        // The batch's rule (skip what the table holds, unless reapplying),
+        // for this table's share of its events.
+        let pending: Vec<&ChangeEvent> = events.iter().copied().filter(|e| batch.must_apply(&state.held, e)).collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        match apply_events(config, name, state, &pending, (&batch.offsets, history), meter).await {
+            Ok(()) => return Ok(()),
+            Err(error) if error.is_retriable() && attempt < config.max_attempts => {
+                // Another writer (or maintenance) committed first, or the
+                // store hiccuped: re-read the table, then retry what it
+                // does not hold yet.
+                tracing::warn!(table = name, %error, attempt, "retrying the Delta commit");
+                tables.remove(name);
+                tokio::time::sleep(Duration::from_millis(100 << attempt.min(8))).await;
             }
-            match apply_events(&config, name, state, &pending, (&batch.offsets, history), meter).await {
-                Ok(()) => return Ok(()),
-                Err(error) if error.is_retriable() && attempt < config.max_attempts => {
-                    // Another writer (or maintenance) committed first, or the
-                    // store hiccuped: re-read the table, then retry what it
-                    // does not hold yet.
-                    tracing::warn!(table = name, %error, attempt, "retrying the Delta commit");
-                    self.tables.remove(name);
-                    tokio::time::sleep(Duration::from_millis(100 << attempt.min(8))).await;
-                }
-                Err(error) => {
-                    self.tables.remove(name);
-                    return Err(error);
-                }
+            Err(error) => {
+                tables.remove(name);
+                return Err(error);
             }
         }
     }
@@ -829,17 +834,37 @@ impl Sink for DeltaSink {
         for event in &batch.events {
             tables.entry(self.config.table_name(&event.source.schema, &event.source.table)).or_default().push(event);
         }
-        // History first: an event a table refuses (dead-lettered) still
-        // happened at the source, and the history says so. A retried batch
-        // skips what the history already holds.
-        // A reapplied batch (fixed dead letters) is already in the history.
         self.meter.stages.start_batch();
-        if self.config.history && !batch.reapply {
-            self.meter.stages.time("history", history::append(&self.config, &mut self.history, batch)).await?;
+        // The history and the tables are written at once (their Parquet is
+        // encoded on separate cores); each holds its own offsets, so a retry
+        // redoes only what each lacks. An event a table refuses
+        // (dead-lettered) still happened at the source, and the history says
+        // so. The tables' owed TOAST values need the history only as of the
+        // batches before: the collapse pays what this batch holds.
+        // A reapplied batch (fixed dead letters) is already in the history.
+        let write_history = self.config.history && !batch.reapply;
+        let history_before = match self.config.history {
+            true => Some(history::state(&self.config, &mut self.history).await?.table.clone()),
+            false => None,
+        };
+        let DeltaSink { config, tables: states, history, meter } = self;
+        let history_write = async {
+            let started = std::time::Instant::now();
+            let written = if write_history { history::append(config, history, batch).await } else { Ok(()) };
+            (written, started.elapsed())
+        };
+        let tables_write = async {
+            for (name, events) in &tables {
+                apply_table(config, (states, meter), history_before.as_ref(), (name, events), batch).await?;
+            }
+            Ok::<(), Error>(())
+        };
+        let ((history_written, history_took), tables_written) = tokio::join!(history_write, tables_write);
+        if write_history {
+            meter.stages.add("history", history_took);
         }
-        for (name, events) in &tables {
-            self.apply_table(name, events, batch).await?;
-        }
+        history_written?;
+        tables_written?;
         Ok(())
     }
 }
