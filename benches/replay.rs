@@ -61,7 +61,7 @@ async fn main() {
                 .with_policy(policy);
         reset_peak_rss();
         let started = Instant::now();
-        let input = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+        let input = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&path).unwrap());
         let summary = jsonl::replay(input, "bench", &mut pipeline).await.unwrap();
         let wall = started.elapsed().as_secs_f64();
         let stats = pipeline.stats();

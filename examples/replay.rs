@@ -102,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
         "-" => jsonl::replay(std::io::BufReader::new(std::io::stdin()), "stdin", &mut pipeline).await?,
         path => {
             let file = std::fs::File::open(path).with_context(|| format!("opening {path}"))?;
-            jsonl::replay(std::io::BufReader::new(file), path, &mut pipeline).await?
+            jsonl::replay(std::io::BufReader::with_capacity(1 << 20, file), path, &mut pipeline).await?
         }
     };
     let stats = pipeline.stats();

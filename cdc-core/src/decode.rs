@@ -75,9 +75,27 @@ impl RawRecord<'_> {
 /// events written before it.
 #[derive(Default)]
 pub struct Decoder {
+    /// Parses records and decodes the rows of those with schemas.
+    worker: DecodeWorker,
+    /// What decoding a record needs of the records of its table before it.
+    state: TableStates,
+    buffer: Vec<Record>,
+}
+
+/// The part of decoding that needs nothing from earlier records of a table:
+/// parsing a record and decoding the rows of one that carries its schema.
+/// A parallel decode gives each thread its own ([`Decoder::worker`]), and
+/// the records of a partition to one worker in order; the [`Decoder`]
+/// finishes each [`Prepared`] record in record order
+/// ([`Decoder::finish`]), doing there all that depends on the records of a
+/// table before it.
+#[derive(Default, Clone)]
+pub struct DecodeWorker {
     /// Keep each change event's JSON text ([`ChangeEvent::raw`]).
     keep_raw_json: bool,
-    /// Value schema text -> the row schema it describes (without key).
+    /// Type schemaless columns of unknown type by their JSON shape.
+    json_shape: bool,
+    /// Value schema text -> the row schema it describes: a parse cache.
     /// Hashed with aHash: the keys are kilobytes long, hashed per record.
     value_schemas: HashMap<Box<str>, CachedValueSchema, ahash::RandomState>,
     /// Key schema text -> key column names.
@@ -86,24 +104,61 @@ pub struct Decoder {
     /// schemas: the next record's are compared with them byte for byte
     /// instead of being scanned as JSON ([`split_known_wrapper`]).
     last_schemas: HashMap<String, [Option<Arc<str>>; 2]>,
+}
+
+/// What decoding depends on across the records of a table, updated in
+/// record order by the one [`Decoder`] (never by a [`DecodeWorker`]).
+#[derive(Default)]
+struct TableStates {
+    /// Value schema text -> the row schema it describes, as first seen: a
+    /// text seen before is not checked against the table again, and events
+    /// of one schema share one `SchemaRef`.
+    value_schemas: HashMap<Box<str>, CachedValueSchema, ahash::RandomState>,
     /// `schema.table` -> the latest schema seen or registered.
     tables: HashMap<String, SchemaRef>,
-    /// Type schemaless columns of unknown type by their JSON shape.
-    json_shape: bool,
     /// `schema.table` -> schemas of schemaless events holding only some
     /// columns of the table's schema: (columns present, table schema, event schema).
     projections: HashMap<String, Vec<(Vec<bool>, SchemaRef, SchemaRef)>>,
     /// `schema.table` -> the widest type of each column seen so far.
     widest: HashMap<String, WidestTypes>,
-    buffer: Vec<Record>,
 }
 
+/// A record's schema text and its key's column names.
+type CarriedSchema = (Arc<str>, Option<Arc<[String]>>);
+
+/// A record as a [`DecodeWorker`] left it, for [`Decoder::finish`].
+pub struct Prepared(Step);
+
+impl Prepared {
+    /// Nothing prepared: [`Decoder::finish`] decodes the record whole.
+    pub fn undecoded() -> Prepared {
+        Prepared(Step::Schemaless)
+    }
+}
+
+enum Step {
+    /// Decoded: nothing of it depends on earlier records (tombstones,
+    /// transaction markers, heartbeats, unreadable envelopes).
+    Done(Result<Record>),
+    /// A change event, its rows decoded; what depends on the table's state
+    /// (its schema's first sighting, the narrowing check) is left to do.
+    Change {
+        event: Result<ChangeEvent>,
+        table: String,
+        position: Position,
+        /// The schema text and key columns it carried, if any.
+        schema: Option<CarriedSchema>,
+    },
+    /// A schemaless record: its column types come from the table's state,
+    /// so the decoder decodes it whole.
+    Schemaless,
+}
 /// The widest type seen of each column of a table, with the order key of
 /// the first event that carried it. A narrower type in an event ordered
 /// before that is an older schema version read late (from another
 /// partition): its values fit the wider column. Ordered after it, the source
 /// narrowed the column: refused, naming table, column and both types.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct WidestTypes {
     columns: HashMap<String, (DataType, OrderKey)>,
     /// The last schema checked, and from which order key on an event of it
@@ -157,7 +212,7 @@ impl WidestTypes {
     }
 }
 
-/// Which schema text of a record [`Decoder::last_schemas`] holds.
+/// Which schema text of a record [`DecodeWorker::last_schemas`] holds.
 const VALUE: usize = 0;
 const KEY: usize = 1;
 
@@ -173,6 +228,7 @@ fn split_known_wrapper<'b, 's>(bytes: &'b [u8], schema: &'s str) -> Option<(&'s 
     Some((schema, std::str::from_utf8(payload).ok()?))
 }
 
+#[derive(Clone)]
 struct CachedValueSchema {
     columns: Arc<TableSchema>,
     /// Keyed variants of `columns`, by key columns (almost always one).
@@ -189,7 +245,7 @@ impl Decoder {
     /// (PostgreSQL `cdc_raw.cdc_events`, the Delta `cdc_events` table). Off
     /// by default: it copies those bytes.
     pub fn keep_raw_json(mut self, keep: bool) -> Decoder {
-        self.keep_raw_json = keep;
+        self.worker.keep_raw_json = keep;
         self
     }
 
@@ -198,18 +254,28 @@ impl Decoder {
     /// booleans, strings, lists. Decimals then stay base64 text and
     /// timestamps integers; for sources that are not a relational database.
     pub fn type_by_json_shape(mut self, on: bool) -> Decoder {
-        self.json_shape = on;
+        self.worker.json_shape = on;
         self
     }
 
     /// Gives the column types of `schema.table` for schemaless records.
     pub fn register_schema(&mut self, table: &str, schema: TableSchema) {
-        self.tables.insert(table.to_owned(), Arc::new(schema));
+        self.state.tables.insert(table.to_owned(), Arc::new(schema));
     }
 
     /// The latest schema known for `schema.table`.
     pub fn table_schema(&self, table: &str) -> Option<&SchemaRef> {
-        self.tables.get(table)
+        self.state.tables.get(table)
+    }
+
+    /// A worker with this decoder's settings and nothing learnt, for another
+    /// thread to prepare records with ([`DecodeWorker::prepare`]).
+    pub fn worker(&self) -> DecodeWorker {
+        DecodeWorker {
+            keep_raw_json: self.worker.keep_raw_json,
+            json_shape: self.worker.json_shape,
+            ..DecodeWorker::default()
+        }
     }
 
     /// Decodes one record and keeps it for [`flush`](Decoder::flush). On error
@@ -227,258 +293,59 @@ impl Decoder {
 
     /// Decodes one record.
     pub fn decode(&mut self, record: RawRecord<'_>) -> Result<Record> {
-        let position = record.position();
-        let fail = |field: Option<&str>, message: String| Error::Decode {
-            position: position.clone(),
-            field: field.map(str::to_owned),
-            message,
-        };
-        let Some(bytes) = record.value else {
-            return Ok(Record::Tombstone { position });
-        };
-        let last_value_schema = self.last_schema(record.topic, VALUE);
-        if let Some((schema, payload)) = last_value_schema.as_deref().and_then(|s| split_known_wrapper(bytes, s))
-            && let Ok(envelope) = serde_json::from_str::<Envelope<'_>>(payload)
-            && !envelope.is_wrapper()
-        {
-            return self.decode_envelope(record, envelope, Some(schema), "payload.");
-        }
-        let top: Envelope<'_> = serde_json::from_slice(bytes).map_err(|e| fail(None, format!("not JSON: {e}")))?;
-        let (envelope, schema_text, prefix) = match (top.schema, top.payload) {
-            (Some(schema), Some(payload)) if top.is_wrapper() => {
-                if payload.get() == "null" {
-                    return Ok(Record::Tombstone { position });
-                }
-                let envelope: Envelope<'_> = serde_json::from_str(payload.get())
-                    .map_err(|e| fail(Some("payload"), format!("not a Debezium envelope: {e}")))?;
-                (envelope, (schema.get() != "null").then(|| schema.get()), "payload.")
-            }
-            (Some(_), None) if top.is_wrapper() => {
-                return Err(fail(Some("payload"), "record has a `schema` but no `payload`".into()));
-            }
-            _ => (top, None, ""),
-        };
-        if let Some(text) = schema_text {
-            self.remember_schema(record.topic, VALUE, text);
-        }
-        self.decode_envelope(record, envelope, schema_text, prefix)
+        let Prepared(step) = self.worker.prepare_with(record, Some(&mut self.state));
+        self.state.finish(step)
     }
 
-    /// The topic's last schema text of `which` ([`VALUE`] or [`KEY`]).
-    fn last_schema(&self, topic: &str, which: usize) -> Option<Arc<str>> {
-        self.last_schemas.get(topic).and_then(|texts| texts.get(which).cloned().flatten())
-    }
-
-    fn remember_schema(&mut self, topic: &str, which: usize, text: &str) {
-        if self.last_schemas.get(topic).and_then(|t| t.get(which)?.as_deref()) == Some(text) {
-            return;
-        }
-        let texts = match self.last_schemas.get_mut(topic) {
-            Some(texts) => texts,
-            None => self.last_schemas.entry(topic.to_owned()).or_default(),
-        };
-        if let Some(slot) = texts.get_mut(which) {
-            *slot = Some(Arc::from(text));
+    /// Finishes a record a [`DecodeWorker`] prepared: records must come here
+    /// in the order they were read (a partition's in offset order), as to
+    /// [`decode`](Decoder::decode), whose result this equals.
+    pub fn finish(&mut self, record: RawRecord<'_>, prepared: Prepared) -> Result<Record> {
+        match prepared.0 {
+            Step::Schemaless => self.decode(record),
+            step => self.state.finish(step),
         }
     }
+}
 
-    /// Decodes a Debezium envelope (or transaction marker, heartbeat) read
-    /// from `record`'s value, with its schema text if it had one.
-    fn decode_envelope(
-        &mut self,
-        record: RawRecord<'_>,
-        envelope: Envelope<'_>,
-        schema_text: Option<&str>,
-        prefix: &str,
-    ) -> Result<Record> {
-        let position = record.position();
-        let fail = |field: Option<&str>, message: String| Error::Decode {
-            position: position.clone(),
-            field: field.map(str::to_owned),
-            message,
-        };
-
-        if envelope.status.is_some() {
-            return envelope.transaction_marker(position, prefix).map(Record::Transaction);
-        }
-        let Some(op_code) = envelope.op.as_deref() else {
-            if envelope.is_heartbeat(record.topic) {
-                return Ok(Record::Heartbeat { position, ts_ms: envelope.ts_ms });
+impl TableStates {
+    /// What of a prepared record depends on the records of its table before it.
+    fn finish(&mut self, step: Step) -> Result<Record> {
+        let (event, table, position, schema) = match step {
+            Step::Done(record) => return record,
+            Step::Schemaless => {
+                return Err(Error::Schema { message: "a schemaless record reached the decoder undecoded".into() });
             }
-            return Err(fail(Some(&format!("{prefix}op")), "missing: not a Debezium change event".into()));
+            Step::Change { event, table, position, schema } => (event, table, position, schema),
         };
-        let op = Op::parse(op_code)
-            .ok_or_else(|| fail(Some(&format!("{prefix}op")), format!("unknown operation `{op_code}`")))?;
-        let source: Source = match envelope.source {
-            Some(raw) => {
-                serde_json::from_str(raw.get()).map_err(|e| fail(Some(&format!("{prefix}source")), e.to_string()))?
-            }
-            None => return Err(fail(Some(&format!("{prefix}source")), "missing".into())),
-        };
-        let transaction: Option<TransactionBlock> = match envelope.transaction {
-            Some(raw) => serde_json::from_str(raw.get())
-                .map_err(|e| fail(Some(&format!("{prefix}transaction")), e.to_string()))?,
+        // A schema seen for the first time is checked against the table's
+        // before the rows' own errors count, as the source changed first.
+        let first_seen = match &schema {
+            Some((text, key)) => Some(
+                self.schema_from_text(text, key.as_ref(), &table)
+                    .map_err(|e| Error::RecordSchema { position: position.clone(), source: Box::new(e) })?,
+            ),
             None => None,
         };
-        let table = format!("{}.{}", source.schema, source.table);
-
-        let (key_names, key_json) = match record.key {
-            Some(key) if op != Op::Truncate => {
-                let (names, json) = self.key_names(record.topic, key).map_err(|m| fail(Some("key"), m))?;
-                (Some(names), Some(json))
-            }
-            _ => (None, None),
-        };
-        let mut schema =
-            match schema_text {
-                Some(text) => self
-                    .schema_from_text(text, key_names.as_ref(), &table)
-                    .map_err(|e| Error::RecordSchema { position: position.clone(), source: Box::new(e) })?,
-                None => self.schemaless_schema(&table, key_names.as_ref(), &fail)?.map_err(|column| {
-                    Error::Untyped { position: position.clone(), field: "key".into(), table: table.clone(), column }
-                })?,
-            };
-
-        let mut before = None;
-        let mut after = None;
-        let schemaless = schema_text.is_none().then_some(Schemaless { json_shape: self.json_shape });
-        let mut present = Vec::new();
-        for (name, raw, image) in [("before", envelope.before, &mut before), ("after", envelope.after, &mut after)] {
-            let Some(raw) = raw else { continue };
-            let decoded = loop {
-                match decode_row(raw.get(), &schema, schemaless) {
-                    Ok(decoded) => break decoded,
-                    // A schemaless record cannot announce that a column was
-                    // widened (int -> bigint): widen the known type and retry.
-                    Err(RowError::Value { field: Some(field), .. })
-                        if schemaless.is_some()
-                            && let Some(wider) = self.widen(&table, &schema, &field) =>
-                    {
-                        schema = wider;
-                    }
-                    Err(RowError::Untyped(column)) => {
-                        let field = format!("{prefix}{name}.{column}");
-                        return Err(Error::Untyped { position, field, table, column });
-                    }
-                    Err(RowError::Value { field, message }) => {
-                        let path = field.map(|f| format!(".{f}")).unwrap_or_default();
-                        return Err(fail(Some(&format!("{prefix}{name}{path}")), message));
-                    }
-                }
-            };
-            if !decoded.extra.is_empty() {
-                schema = self.extend_schema(&table, &schema, &decoded.extra);
-            }
-            let seen = decoded.present.iter().copied().chain(decoded.extra.iter().map(|_| true));
-            for (i, seen) in seen.enumerate() {
-                if present.len() <= i {
-                    present.resize(i + 1, false);
-                }
-                if let Some(slot) = present.get_mut(i) {
-                    *slot |= seen;
-                }
-            }
-            *image = Some(decoded.values);
+        let mut event = event?;
+        if let Some(known) = first_seen {
+            event.schema = known;
         }
-        // Rows decoded before the schema grew lack the new columns.
-        for row in [&mut before, &mut after].into_iter().flatten() {
-            row.resize(schema.fields().len(), Value::Null);
-        }
-        if schemaless.is_some() {
-            present.resize(schema.fields().len(), false);
-            for &i in schema.key_indices() {
-                if let Some(slot) = present.get_mut(i) {
-                    *slot = true;
-                }
-            }
-            if present.iter().any(|seen| !seen) {
-                let projected = self.projection(&table, &schema, &present).map_err(|e| fail(None, e.to_string()))?;
-                for row in [&mut before, &mut after].into_iter().flatten() {
-                    let mut seen = present.iter();
-                    row.retain(|_| seen.next().copied().unwrap_or(false));
-                }
-                schema = projected;
-            }
-        }
-        if op == Op::Delete
-            && let Some(image) = before.as_mut()
-        {
-            blank_key_only_filler(&schema, image);
-        }
-        let key = if op == Op::Truncate {
-            None
-        } else {
-            after
-                .as_ref()
-                .or(before.as_ref())
-                .map(|row| schema.key_indices().iter().map(|&i| row.get(i).cloned().unwrap_or(Value::Null)).collect())
-        };
-        let raw = self.keep_raw_json.then(|| {
-            Arc::new(RawJson {
-                key: key_json.map(Into::into),
-                before: envelope.before.map(|r| r.get().into()),
-                after: envelope.after.map(|r| r.get().into()),
-                source: envelope.source.map(|r| r.get()).unwrap_or("null").into(),
-            })
-        });
-        let order =
-            order_key(&source, record.offset).map_err(|m| fail(Some(&format!("{prefix}source.sequence")), m))?;
         let widest = match self.widest.get_mut(&table) {
             Some(widest) => widest,
             None => self.widest.entry(table.clone()).or_default(),
         };
-        widest.refuse_narrowing(&table, &schema, order).map_err(|m| fail(None, m))?;
-        Ok(Record::Change(ChangeEvent {
+        widest.refuse_narrowing(&table, &event.schema, event.order).map_err(|message| Error::Decode {
             position,
-            op,
-            schema,
-            before,
-            after,
-            key,
-            source,
-            ts_ms: envelope.ts_ms,
-            transaction,
-            order,
-            raw,
-        }))
+            field: None,
+            message,
+        })?;
+        Ok(Record::Change(event))
     }
 
-    /// The key's column names and the JSON text of its payload.
-    fn key_names<'k>(&mut self, topic: &str, key: &'k [u8]) -> std::result::Result<(Arc<[String]>, &'k str), String> {
-        if let Some(last) = self.last_schema(topic, KEY)
-            && let Some((schema, payload)) = split_known_wrapper(key, &last)
-            && serde_json::from_str::<IgnoredAny>(payload).is_ok()
-            && let Some(names) = self.key_schemas.get(schema)
-        {
-            return Ok((names.clone(), payload));
-        }
-        let text = std::str::from_utf8(key).map_err(|e| format!("not UTF-8: {e}"))?;
-        let names = serde_json::from_str::<KeyNames>(text).map_err(|e| format!("not a JSON object: {e}"))?.0;
-        let is_wrapper =
-            names.len() == 2 && names.iter().any(|n| n == "schema") && names.iter().any(|n| n == "payload");
-        if !is_wrapper {
-            return Ok((names.into(), text));
-        }
-        #[derive(Deserialize)]
-        struct Wrapper<'a> {
-            #[serde(borrow)]
-            schema: &'a RawValue,
-            #[serde(borrow)]
-            payload: &'a RawValue,
-        }
-        let wrapper: Wrapper<'_> = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-        let payload = wrapper.payload.get();
-        self.remember_schema(topic, KEY, wrapper.schema.get());
-        if let Some(names) = self.key_schemas.get(wrapper.schema.get()) {
-            return Ok((names.clone(), payload));
-        }
-        let parsed: ConnectSchema =
-            serde_json::from_str(wrapper.schema.get()).map_err(|e| format!("key schema: {e}"))?;
-        let names: Arc<[String]> = parsed.fields.iter().filter_map(|f| f.field.clone()).collect();
-        self.key_schemas.insert(wrapper.schema.get().into(), names.clone());
-        Ok((names, payload))
-    }
-
+    /// The schema a record's schema text describes, shared by the events of
+    /// that text; a text seen for the first time is checked against the
+    /// table's schema and becomes it.
     fn schema_from_text(&mut self, text: &str, key: Option<&Arc<[String]>>, table: &str) -> Result<SchemaRef> {
         let no_key: Arc<[String]> = Arc::from(Vec::new());
         let key = key.unwrap_or(&no_key);
@@ -488,13 +355,7 @@ impl Decoder {
             return Ok(schema.clone());
         }
         if !self.value_schemas.contains_key(text) {
-            let parsed: ConnectSchema =
-                serde_json::from_str(text).map_err(|e| Error::Schema { message: format!("value schema: {e}") })?;
-            let row = ["after", "before"]
-                .iter()
-                .find_map(|name| parsed.child(name))
-                .ok_or_else(|| Error::Schema { message: "envelope schema has no `before`/`after` struct".into() })?;
-            let columns = Arc::new(TableSchema::new(row.columns()?, &[])?);
+            let columns = columns_of_schema_text(text)?;
             if let Some(previous) = self.tables.get(table) {
                 check_compatible(table, previous, &columns)?;
             }
@@ -503,9 +364,7 @@ impl Decoder {
         let Some(cached) = self.value_schemas.get_mut(text) else {
             return Err(Error::Schema { message: format!("the schema of table {table} went missing from the cache") });
         };
-        let key_refs: Vec<&str> = key.iter().map(String::as_str).collect();
-        let schema = Arc::new(cached.columns.with_key(&key_refs)?);
-        cached.keyed.push((key.clone(), schema.clone()));
+        let schema = cached.with_key(key)?;
         self.tables.insert(table.to_owned(), schema.clone());
         Ok(schema)
     }
@@ -516,6 +375,7 @@ impl Decoder {
         &mut self,
         table: &str,
         key: Option<&Arc<[String]>>,
+        json_shape: bool,
         fail: &impl Fn(Option<&str>, String) -> Error,
     ) -> Result<Result<SchemaRef, String>, Error> {
         let known = self.tables.get(table).cloned();
@@ -532,7 +392,7 @@ impl Decoder {
         let mut fields = schema.fields().to_vec();
         for name in key.iter() {
             if schema.index_of(name).is_none() {
-                if !self.json_shape {
+                if !json_shape {
                     return Ok(Err(name.clone()));
                 }
                 fields.push(dynamic_field(name));
@@ -585,6 +445,354 @@ impl Decoder {
         let Ok(extended) = TableSchema::new(fields, &key).map(Arc::new) else { return schema.clone() };
         self.tables.insert(table.to_owned(), extended.clone());
         extended
+    }
+}
+
+/// The row columns an envelope schema text describes (without key).
+fn columns_of_schema_text(text: &str) -> Result<Arc<TableSchema>> {
+    let parsed: ConnectSchema =
+        serde_json::from_str(text).map_err(|e| Error::Schema { message: format!("value schema: {e}") })?;
+    let row = ["after", "before"]
+        .iter()
+        .find_map(|name| parsed.child(name))
+        .ok_or_else(|| Error::Schema { message: "envelope schema has no `before`/`after` struct".into() })?;
+    Ok(Arc::new(TableSchema::new(row.columns()?, &[])?))
+}
+
+impl CachedValueSchema {
+    /// The columns with `key` as key columns, made once per key.
+    fn with_key(&mut self, key: &Arc<[String]>) -> Result<SchemaRef> {
+        if let Some((_, schema)) = self.keyed.iter().find(|(k, _)| k == key) {
+            return Ok(schema.clone());
+        }
+        let key_refs: Vec<&str> = key.iter().map(String::as_str).collect();
+        let schema = Arc::new(self.columns.with_key(&key_refs)?);
+        self.keyed.push((key.clone(), schema.clone()));
+        Ok(schema)
+    }
+}
+
+impl DecodeWorker {
+    /// Prepares one record for [`Decoder::finish`]: parses it, and decodes
+    /// the rows of one that carries its schema.
+    pub fn prepare(&mut self, record: RawRecord<'_>) -> Prepared {
+        self.prepare_with(record, None)
+    }
+
+    /// Prepares one record; with the decoder's table `state`, a schemaless
+    /// record is decoded too, else left to the decoder.
+    fn prepare_with(&mut self, record: RawRecord<'_>, state: Option<&mut TableStates>) -> Prepared {
+        let position = record.position();
+        let fail = |field: Option<&str>, message: String| Error::Decode {
+            position: position.clone(),
+            field: field.map(str::to_owned),
+            message,
+        };
+        let done = |record: Result<Record>| Prepared(Step::Done(record));
+        let Some(bytes) = record.value else {
+            return done(Ok(Record::Tombstone { position }));
+        };
+        let last_value_schema = self.last_schema(record.topic, VALUE);
+        if let Some((schema, payload)) = last_value_schema.as_deref().and_then(|s| split_known_wrapper(bytes, s))
+            && let Ok(envelope) = serde_json::from_str::<Envelope<'_>>(payload)
+            && !envelope.is_wrapper()
+        {
+            let schema = last_value_schema.clone().unwrap_or_else(|| Arc::from(schema));
+            return self.decode_envelope(record, envelope, Some(schema), "payload.", state);
+        }
+        let top: Envelope<'_> = match serde_json::from_slice(bytes) {
+            Ok(top) => top,
+            Err(e) => return done(Err(fail(None, format!("not JSON: {e}")))),
+        };
+        let (envelope, schema_text, prefix) = match (top.schema, top.payload) {
+            (Some(schema), Some(payload)) if top.is_wrapper() => {
+                if payload.get() == "null" {
+                    return done(Ok(Record::Tombstone { position }));
+                }
+                let envelope: Envelope<'_> = match serde_json::from_str(payload.get()) {
+                    Ok(envelope) => envelope,
+                    Err(e) => return done(Err(fail(Some("payload"), format!("not a Debezium envelope: {e}")))),
+                };
+                (envelope, (schema.get() != "null").then(|| schema.get()), "payload.")
+            }
+            (Some(_), None) if top.is_wrapper() => {
+                return done(Err(fail(Some("payload"), "record has a `schema` but no `payload`".into())));
+            }
+            _ => (top, None, ""),
+        };
+        // Kept as the topic's last schema, and shared by the prepared record.
+        let schema_text = schema_text.map(|text| {
+            self.remember_schema(record.topic, VALUE, text);
+            self.last_schema(record.topic, VALUE).filter(|last| **last == *text).unwrap_or_else(|| Arc::from(text))
+        });
+        self.decode_envelope(record, envelope, schema_text, prefix, state)
+    }
+
+    /// The topic's last schema text of `which` ([`VALUE`] or [`KEY`]).
+    fn last_schema(&self, topic: &str, which: usize) -> Option<Arc<str>> {
+        self.last_schemas.get(topic).and_then(|texts| texts.get(which).cloned().flatten())
+    }
+
+    fn remember_schema(&mut self, topic: &str, which: usize, text: &str) {
+        if self.last_schemas.get(topic).and_then(|t| t.get(which)?.as_deref()) == Some(text) {
+            return;
+        }
+        let texts = match self.last_schemas.get_mut(topic) {
+            Some(texts) => texts,
+            None => self.last_schemas.entry(topic.to_owned()).or_default(),
+        };
+        if let Some(slot) = texts.get_mut(which) {
+            *slot = Some(Arc::from(text));
+        }
+    }
+
+    /// Decodes a Debezium envelope (or transaction marker, heartbeat) read
+    /// from `record`'s value, with its schema text if it had one. A
+    /// schemaless change needs the table's `state`: without it, it is left
+    /// to the decoder ([`Step::Schemaless`]).
+    fn decode_envelope(
+        &mut self,
+        record: RawRecord<'_>,
+        envelope: Envelope<'_>,
+        schema_text: Option<Arc<str>>,
+        prefix: &str,
+        state: Option<&mut TableStates>,
+    ) -> Prepared {
+        let position = record.position();
+        let fail = |field: Option<&str>, message: String| Error::Decode {
+            position: position.clone(),
+            field: field.map(str::to_owned),
+            message,
+        };
+        let done = |record: Result<Record>| Prepared(Step::Done(record));
+
+        if envelope.status.is_some() {
+            return done(envelope.transaction_marker(position, prefix).map(Record::Transaction));
+        }
+        let Some(op_code) = envelope.op.as_deref() else {
+            if envelope.is_heartbeat(record.topic) {
+                return done(Ok(Record::Heartbeat { position, ts_ms: envelope.ts_ms }));
+            }
+            return done(Err(fail(Some(&format!("{prefix}op")), "missing: not a Debezium change event".into())));
+        };
+        let Some(op) = Op::parse(op_code) else {
+            return done(Err(fail(Some(&format!("{prefix}op")), format!("unknown operation `{op_code}`"))));
+        };
+        let source: Source = match envelope.source.map(|raw| serde_json::from_str(raw.get())) {
+            Some(Ok(source)) => source,
+            Some(Err(e)) => return done(Err(fail(Some(&format!("{prefix}source")), e.to_string()))),
+            None => return done(Err(fail(Some(&format!("{prefix}source")), "missing".into()))),
+        };
+        let transaction: Option<TransactionBlock> =
+            match envelope.transaction.map(|raw| serde_json::from_str(raw.get())) {
+                Some(Ok(transaction)) => transaction,
+                Some(Err(e)) => return done(Err(fail(Some(&format!("{prefix}transaction")), e.to_string()))),
+                None => None,
+            };
+        let table = format!("{}.{}", source.schema, source.table);
+
+        let (key_names, key_json) = match record.key {
+            Some(key) if op != Op::Truncate => match self.key_names(record.topic, key) {
+                Ok((names, json)) => (Some(names), Some(json)),
+                Err(message) => return done(Err(fail(Some("key"), message))),
+            },
+            _ => (None, None),
+        };
+        let schema_source = match (schema_text, state) {
+            (Some(text), _) => Ok(text),
+            (None, Some(state)) => Err(state),
+            (None, None) => return Prepared(Step::Schemaless),
+        };
+        let carried = schema_source.as_ref().ok().map(|text| (text.clone(), key_names.clone()));
+        let event = self.decode_change(
+            (record, op, source, transaction),
+            (&envelope, prefix, &table, key_json),
+            key_names.as_ref(),
+            schema_source,
+        );
+        Prepared(Step::Change { event, table, position, schema: carried })
+    }
+
+    /// The change event of an envelope: its rows decoded against the schema
+    /// its record carried (`Ok` text), or a schemaless one's against the
+    /// table's `state` (`Err`).
+    fn decode_change(
+        &mut self,
+        (record, op, source, transaction): (RawRecord<'_>, Op, Source, Option<TransactionBlock>),
+        (envelope, prefix, table, key_json): (&Envelope<'_>, &str, &str, Option<&str>),
+        key_names: Option<&Arc<[String]>>,
+        schema_source: std::result::Result<Arc<str>, &mut TableStates>,
+    ) -> Result<ChangeEvent> {
+        let position = record.position();
+        let fail = |field: Option<&str>, message: String| Error::Decode {
+            position: position.clone(),
+            field: field.map(str::to_owned),
+            message,
+        };
+        let (mut schema, mut state) = match schema_source {
+            Ok(text) => (
+                self.schema_for_text(&text, key_names)
+                    .map_err(|e| Error::RecordSchema { position: position.clone(), source: Box::new(e) })?,
+                None,
+            ),
+            Err(state) => {
+                let schema = state.schemaless_schema(table, key_names, self.json_shape, &fail)?.map_err(|column| {
+                    Error::Untyped { position: position.clone(), field: "key".into(), table: table.to_owned(), column }
+                })?;
+                (schema, Some(state))
+            }
+        };
+
+        let mut before = None;
+        let mut after = None;
+        let schemaless = state.is_some().then_some(Schemaless { json_shape: self.json_shape });
+        let mut present = Vec::new();
+        for (name, raw, image) in [("before", envelope.before, &mut before), ("after", envelope.after, &mut after)] {
+            let Some(raw) = raw else { continue };
+            let decoded = loop {
+                match decode_row(raw.get(), &schema, schemaless) {
+                    Ok(decoded) => break decoded,
+                    // A schemaless record cannot announce that a column was
+                    // widened (int -> bigint): widen the known type and retry.
+                    Err(RowError::Value { field: Some(field), .. })
+                        if let Some(state) = state.as_deref_mut()
+                            && let Some(wider) = state.widen(table, &schema, &field) =>
+                    {
+                        schema = wider;
+                    }
+                    Err(RowError::Untyped(column)) => {
+                        let field = format!("{prefix}{name}.{column}");
+                        return Err(Error::Untyped { position, field, table: table.to_owned(), column });
+                    }
+                    Err(RowError::Value { field, message }) => {
+                        let path = field.map(|f| format!(".{f}")).unwrap_or_default();
+                        return Err(fail(Some(&format!("{prefix}{name}{path}")), message));
+                    }
+                }
+            };
+            if !decoded.extra.is_empty()
+                && let Some(state) = state.as_deref_mut()
+            {
+                schema = state.extend_schema(table, &schema, &decoded.extra);
+            }
+            let seen = decoded.present.iter().copied().chain(decoded.extra.iter().map(|_| true));
+            for (i, seen) in seen.enumerate() {
+                if present.len() <= i {
+                    present.resize(i + 1, false);
+                }
+                if let Some(slot) = present.get_mut(i) {
+                    *slot |= seen;
+                }
+            }
+            *image = Some(decoded.values);
+        }
+        // Rows decoded before the schema grew lack the new columns.
+        for row in [&mut before, &mut after].into_iter().flatten() {
+            row.resize(schema.fields().len(), Value::Null);
+        }
+        if let Some(state) = state {
+            present.resize(schema.fields().len(), false);
+            for &i in schema.key_indices() {
+                if let Some(slot) = present.get_mut(i) {
+                    *slot = true;
+                }
+            }
+            if present.iter().any(|seen| !seen) {
+                let projected = state.projection(table, &schema, &present).map_err(|e| fail(None, e.to_string()))?;
+                for row in [&mut before, &mut after].into_iter().flatten() {
+                    let mut seen = present.iter();
+                    row.retain(|_| seen.next().copied().unwrap_or(false));
+                }
+                schema = projected;
+            }
+        }
+        if op == Op::Delete
+            && let Some(image) = before.as_mut()
+        {
+            blank_key_only_filler(&schema, image);
+        }
+        let key = if op == Op::Truncate {
+            None
+        } else {
+            after
+                .as_ref()
+                .or(before.as_ref())
+                .map(|row| schema.key_indices().iter().map(|&i| row.get(i).cloned().unwrap_or(Value::Null)).collect())
+        };
+        let raw = self.keep_raw_json.then(|| {
+            Arc::new(RawJson {
+                key: key_json.map(Into::into),
+                before: envelope.before.map(|r| r.get().into()),
+                after: envelope.after.map(|r| r.get().into()),
+                source: envelope.source.map(|r| r.get()).unwrap_or("null").into(),
+            })
+        });
+        let order =
+            order_key(&source, record.offset).map_err(|m| fail(Some(&format!("{prefix}source.sequence")), m))?;
+        Ok(ChangeEvent {
+            position,
+            op,
+            schema,
+            before,
+            after,
+            key,
+            source,
+            ts_ms: envelope.ts_ms,
+            transaction,
+            order,
+            raw,
+        })
+    }
+
+    /// The key's column names and the JSON text of its payload.
+    fn key_names<'k>(&mut self, topic: &str, key: &'k [u8]) -> std::result::Result<(Arc<[String]>, &'k str), String> {
+        if let Some(last) = self.last_schema(topic, KEY)
+            && let Some((schema, payload)) = split_known_wrapper(key, &last)
+            && serde_json::from_str::<IgnoredAny>(payload).is_ok()
+            && let Some(names) = self.key_schemas.get(schema)
+        {
+            return Ok((names.clone(), payload));
+        }
+        let text = std::str::from_utf8(key).map_err(|e| format!("not UTF-8: {e}"))?;
+        let names = serde_json::from_str::<KeyNames>(text).map_err(|e| format!("not a JSON object: {e}"))?.0;
+        let is_wrapper =
+            names.len() == 2 && names.iter().any(|n| n == "schema") && names.iter().any(|n| n == "payload");
+        if !is_wrapper {
+            return Ok((names.into(), text));
+        }
+        #[derive(Deserialize)]
+        struct Wrapper<'a> {
+            #[serde(borrow)]
+            schema: &'a RawValue,
+            #[serde(borrow)]
+            payload: &'a RawValue,
+        }
+        let wrapper: Wrapper<'_> = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        let payload = wrapper.payload.get();
+        self.remember_schema(topic, KEY, wrapper.schema.get());
+        if let Some(names) = self.key_schemas.get(wrapper.schema.get()) {
+            return Ok((names.clone(), payload));
+        }
+        let parsed: ConnectSchema =
+            serde_json::from_str(wrapper.schema.get()).map_err(|e| format!("key schema: {e}"))?;
+        let names: Arc<[String]> = parsed.fields.iter().filter_map(|f| f.field.clone()).collect();
+        self.key_schemas.insert(wrapper.schema.get().into(), names.clone());
+        Ok((names, payload))
+    }
+
+    /// The schema a record's schema text describes, parsed once per text.
+    /// Checking it against the table is the decoder's
+    /// ([`TableStates::schema_from_text`]).
+    fn schema_for_text(&mut self, text: &str, key: Option<&Arc<[String]>>) -> Result<SchemaRef> {
+        let no_key: Arc<[String]> = Arc::from(Vec::new());
+        let key = key.unwrap_or(&no_key);
+        if let Some(cached) = self.value_schemas.get_mut(text) {
+            return cached.with_key(key);
+        }
+        let mut cached = CachedValueSchema { columns: columns_of_schema_text(text)?, keyed: Vec::new() };
+        let schema = cached.with_key(key)?;
+        self.value_schemas.insert(text.into(), cached);
+        Ok(schema)
     }
 }
 

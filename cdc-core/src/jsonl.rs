@@ -261,21 +261,27 @@ pub async fn replay(
     let reader = std::thread::Builder::new().name("jsonl-reader".into()).spawn(move || {
         let mut chunk = Vec::with_capacity(LINES_PER_CHUNK);
         let mut parser = LineParser::new();
-        for (number, line) in input.lines().enumerate() {
-            let line = match line {
-                Ok(line) => line,
+        // One buffer for every line: a line read into a new string grows it
+        // (and copies it) a dozen times.
+        let mut buffer = String::new();
+        let mut input = input;
+        for number in 0u64.. {
+            buffer.clear();
+            match input.read_line(&mut buffer) {
+                Ok(0) => break,
+                Ok(_) => {}
                 Err(error) => {
                     let _ = sender.blocking_send(Err(error));
                     return;
                 }
-            };
+            }
+            let line = buffer.strip_suffix('\n').map_or(buffer.as_str(), |l| l.strip_suffix('\r').unwrap_or(l));
             if line.trim().is_empty() {
                 continue;
             }
-            let number = number as u64;
-            chunk.push(match parser.parse(&line, &input_name, number) {
+            chunk.push(match parser.parse(line, &input_name, number) {
                 Ok(record) => ParsedLine::Record(record),
-                Err(error) => ParsedLine::Unreadable { number, line, error },
+                Err(error) => ParsedLine::Unreadable { number, line: line.to_owned(), error },
             });
             // A closed channel: the replay stopped.
             if chunk.len() == LINES_PER_CHUNK && sender.blocking_send(Ok(std::mem::take(&mut chunk))).is_err() {
@@ -298,7 +304,8 @@ pub async fn replay(
                 }
                 ParsedLine::Record(record) => {
                     summary.records += 1;
-                    pipeline.push(record.raw()).await?;
+                    let (key, value) = (record.key.map(String::into_bytes), record.value.map(String::into_bytes));
+                    pipeline.push_owned(&record.topic, (record.partition, record.offset), key, value).await?;
                 }
                 ParsedLine::Unreadable { number, line, error } => {
                     summary.records += 1;

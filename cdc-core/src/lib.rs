@@ -52,7 +52,7 @@ pub mod testing;
 mod value;
 
 pub use collapse::{RowChange, TableChange, collapse, key_bytes};
-pub use decode::{Decoder, RawRecord, UNAVAILABLE_PLACEHOLDER, decode_image};
+pub use decode::{DecodeWorker, Decoder, Prepared, RawRecord, UNAVAILABLE_PLACEHOLDER, decode_image};
 pub use error::{Error, Position, Result};
 pub use event::{
     ChangeEvent, Op, OrderKey, RawJson, Record, Row, Source, SqlVersion, TableId, TransactionBlock, TransactionMarker,

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use crate::catalog::SchemaCatalog;
-use crate::decode::{Decoder, RawRecord};
+use crate::decode::{DecodeWorker, Decoder, Prepared, RawRecord};
 use crate::error::{Error, Position, Result};
 use crate::event::{ChangeEvent, Record};
 use crate::renames::{RenameDetection, Renames};
@@ -217,7 +217,12 @@ struct Applied {
 
 /// Decodes records, batches them, applies each batch to every sink.
 pub struct Pipeline {
+    /// Finishes records in the order they were pushed (see [`DecodeWorker`]).
     decoder: Decoder,
+    /// One per decode thread.
+    workers: Vec<DecodeWorker>,
+    /// Records pushed and not decoded yet, decoded together on the threads.
+    undecoded: Vec<OwnedRecord>,
     /// Empty while a batch is in flight: its task owns them.
     sinks: Vec<Box<dyn Sink>>,
     dead_letters: SharedLetters,
@@ -252,8 +257,11 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(decoder: Decoder, sinks: Vec<Box<dyn Sink>>, dead_letters: Box<dyn DeadLetterStore>) -> Pipeline {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_DECODE_THREADS);
         Pipeline {
+            workers: (0..threads).map(|_| decoder.worker()).collect(),
             decoder,
+            undecoded: Vec::new(),
             sinks,
             dead_letters: Arc::new(tokio::sync::Mutex::new(dead_letters)),
             in_flight: None,
@@ -276,6 +284,13 @@ impl Pipeline {
         }
     }
 
+    /// How many threads decode records (default: the machine's cores, at
+    /// most 8). Records are finished in push order whatever the threads.
+    pub fn with_decode_threads(mut self, threads: usize) -> Pipeline {
+        self.workers = (0..threads.max(1)).map(|_| self.decoder.worker()).collect();
+        self
+    }
+
     pub fn with_policy(mut self, policy: BatchPolicy) -> Pipeline {
         self.policy = policy;
         self
@@ -283,7 +298,9 @@ impl Pipeline {
 
     /// Adds a source of column types for schemaless records (the source
     /// database's catalog): asked when a record carries a column of no known
-    /// type, before the record is refused as [`Error::Untyped`].
+    /// type, before the record is refused as [`Error::Untyped`]. With a
+    /// catalog, records are decoded one by one as they are pushed, so that
+    /// the catalog is asked as close to the record's time as it can be.
     pub fn with_catalog(mut self, catalog: Box<dyn SchemaCatalog>) -> Pipeline {
         self.catalogs.push(catalog);
         self
@@ -425,24 +442,70 @@ impl Pipeline {
         }
     }
 
-    /// Decodes one record into the open batch. A record that cannot be
-    /// decoded is dead-lettered (or, fail-fast, returned as the error).
+    /// Takes one record into the open batch. Records are decoded together,
+    /// on the decode threads, every [`DECODE_CHUNK`] records and before a
+    /// batch is submitted (each as it is pushed when a source catalog is
+    /// set: see [`with_catalog`](Self::with_catalog)): a record that cannot
+    /// be decoded is dead-lettered then (or, fail-fast, its error is
+    /// returned by that call).
     pub async fn push(&mut self, record: RawRecord<'_>) -> Result<()> {
-        let started = Instant::now();
-        self.batch_started.get_or_insert(started);
-        let result = self.decode_into_batch(record).await;
-        self.stats.decoding += started.elapsed();
-        result
+        let (key, value) = (record.key.map(<[u8]>::to_vec), record.value.map(<[u8]>::to_vec));
+        self.push_owned(record.topic, (record.partition, record.offset), key, value).await
     }
 
-    async fn decode_into_batch(&mut self, record: RawRecord<'_>) -> Result<()> {
-        self.pending_bytes += record.key.map_or(0, <[u8]>::len) + record.value.map_or(0, <[u8]>::len);
+    /// [`push`](Self::push) for a record whose key and value bytes the
+    /// caller owns and gives up: they are kept without a copy.
+    pub async fn push_owned(
+        &mut self,
+        topic: &str,
+        (partition, offset): (i32, i64),
+        key: Option<Vec<u8>>,
+        value: Option<Vec<u8>>,
+    ) -> Result<()> {
+        self.batch_started.get_or_insert_with(Instant::now);
+        self.pending_bytes += key.as_ref().map_or(0, Vec::len) + value.as_ref().map_or(0, Vec::len);
         self.stats.records += 1;
-        let mut decoded = self.decoder.decode(record);
+        let topic = match self.undecoded.last() {
+            Some(last) if *last.topic == *topic => last.topic.clone(),
+            _ => Arc::from(topic),
+        };
+        self.undecoded.push(OwnedRecord { topic, partition, offset, key, value });
+        // A source catalog describes the source as it is now: asked as each
+        // record is read, it is as close to the record's time as it can be.
+        let chunk = if self.catalogs.is_empty() { DECODE_CHUNK } else { 1 };
+        if self.undecoded.len() >= chunk {
+            self.decode_undecoded().await?;
+        }
+        Ok(())
+    }
+
+    /// Decodes the records pushed so far into the open batch: prepared on
+    /// the decode threads, then finished here in push order.
+    async fn decode_undecoded(&mut self) -> Result<()> {
+        if self.undecoded.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let records = std::mem::take(&mut self.undecoded);
+        let prepared = prepare_on_threads(&mut self.workers, &records);
+        let mut finished = Ok(());
+        for (record, prepared) in records.into_iter().zip(prepared) {
+            finished = self.finish_record(record, prepared).await;
+            if finished.is_err() {
+                break;
+            }
+        }
+        self.stats.decoding += started.elapsed();
+        finished
+    }
+
+    async fn finish_record(&mut self, record: OwnedRecord, prepared: Prepared) -> Result<()> {
+        let raw = record.raw();
+        let mut decoded = self.decoder.finish(raw, prepared);
         if let Err(Error::Untyped { table, column, .. }) = &decoded
             && self.learn_types(&table.clone(), &column.clone()).await?
         {
-            decoded = self.decoder.decode(record);
+            decoded = self.decoder.decode(raw);
         }
         if let Ok(Record::Change(event)) = &mut decoded {
             self.follow_renames(event).await?;
@@ -450,13 +513,13 @@ impl Pipeline {
         match decoded {
             Ok(decoded) => {
                 if matches!(decoded, Record::Change(_)) {
-                    self.pending_raw
-                        .insert(record.position(), (record.key.map(<[u8]>::to_vec), record.value.map(<[u8]>::to_vec)));
+                    let position = decoded.position().clone();
+                    self.pending_raw.insert(position, (record.key, record.value));
                 }
                 self.pending.push(decoded);
                 Ok(())
             }
-            Err(error) => self.dead_letter_record(record, error).await,
+            Err(error) => self.dead_letter_record(raw, error).await,
         }
     }
 
@@ -516,6 +579,7 @@ impl Pipeline {
     /// parsing did): dead-letters it and goes on (or, fail-fast, returns the
     /// error). Its offset still counts as consumed.
     pub async fn reject(&mut self, record: RawRecord<'_>, error: Error) -> Result<()> {
+        self.decode_undecoded().await?;
         self.batch_started.get_or_insert_with(Instant::now);
         self.stats.records += 1;
         self.dead_letter_record(record, error).await
@@ -541,14 +605,14 @@ impl Pipeline {
 
     /// Whether the open batch reached a limit of the policy.
     pub fn due(&self) -> bool {
-        self.pending.len() >= self.policy.max_records
+        self.pending() >= self.policy.max_records
             || self.pending_bytes >= self.policy.max_bytes
             || self.batch_started.is_some_and(|t| t.elapsed() >= Duration::from_millis(self.policy.max_latency_ms))
     }
 
     /// Records in the open batch.
     pub fn pending(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.undecoded.len()
     }
 
     /// Drops the open batch's records of `partitions` (revoked by a
@@ -557,7 +621,8 @@ impl Pipeline {
         let revoked = |p: &Position| partitions.iter().any(|(t, n)| **t == *p.topic && *n == p.partition);
         self.pending.retain(|r| !revoked(r.position()));
         self.pending_raw.retain(|p, _| !revoked(p));
-        if self.pending.is_empty() {
+        self.undecoded.retain(|r| !revoked(&r.raw().position()));
+        if self.pending() == 0 {
             self.pending_bytes = 0;
             self.batch_started = None;
         }
@@ -584,6 +649,8 @@ impl Pipeline {
     /// Returns the offsets applied since the caller last took them, as
     /// [`flush`](Self::flush) does.
     pub async fn submit(&mut self) -> Result<Offsets> {
+        // Decoded while the batch before is still applying.
+        self.decode_undecoded().await?;
         self.settle().await?;
         let mut records = std::mem::take(&mut self.pending);
         // A rename found after some of the batch was pushed applies to all of it.
@@ -637,8 +704,14 @@ impl Pipeline {
                 let (batch, raw, stored, letters, retry) =
                     (batch.clone(), raw.clone(), stored.clone(), letters.clone(), retry.clone());
                 running.spawn(async move {
-                    let applier =
-                        SinkApplier { sink: &mut sink, retry: &retry, on_error, letters: &letters, stored: &stored, raw: &raw };
+                    let applier = SinkApplier {
+                        sink: &mut sink,
+                        retry: &retry,
+                        on_error,
+                        letters: &letters,
+                        stored: &stored,
+                        raw: &raw,
+                    };
                     let result = applier.apply_isolating(&batch).await;
                     (i, sink, result)
                 });
@@ -831,6 +904,59 @@ impl SinkApplier<'_> {
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// Records decoded together on the decode threads ([`Pipeline::push`]).
+pub const DECODE_CHUNK: usize = 2048;
+const MAX_DECODE_THREADS: usize = 8;
+/// Fewer records than this are not worth a thread.
+const MIN_RECORDS_PER_THREAD: usize = 64;
+
+/// A pushed record's bytes, kept until it is decoded (and, for a change
+/// event, until its batch is applied: a sink may refuse it).
+struct OwnedRecord {
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+}
+
+impl OwnedRecord {
+    fn raw(&self) -> RawRecord<'_> {
+        RawRecord {
+            topic: &self.topic,
+            partition: self.partition,
+            offset: self.offset,
+            key: self.key.as_deref(),
+            value: self.value.as_deref(),
+        }
+    }
+}
+
+/// Prepares `records` on one thread per worker, a contiguous run of them
+/// each; returned in the order of `records`. A worker holds only caches, so
+/// which records it prepares changes no result: everything that depends on
+/// the records before is done by the decoder as each is finished.
+fn prepare_on_threads(workers: &mut [DecodeWorker], records: &[OwnedRecord]) -> Vec<Prepared> {
+    let per_thread = records.len().div_ceil(workers.len().max(1)).max(MIN_RECORDS_PER_THREAD);
+    let prepare = |worker: &mut DecodeWorker, run: &[OwnedRecord]| -> Vec<Prepared> {
+        run.iter().map(|record| worker.prepare(record.raw())).collect()
+    };
+    let mut runs = workers.iter_mut().zip(records.chunks(per_thread));
+    let Some((first_worker, first_run)) = runs.next() else { return Vec::new() };
+    std::thread::scope(|scope| {
+        let others: Vec<_> = runs.map(|(worker, run)| scope.spawn(move || prepare(worker, run))).collect();
+        // This thread prepares the first run while the others run beside it.
+        let mut prepared = prepare(first_worker, first_run);
+        for other in others {
+            match other.join() {
+                Ok(run) => prepared.extend(run),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        prepared
+    })
 }
 
 /// Counts of change events by op, for summaries.

@@ -25,3 +25,22 @@ pub fn id_of(event: &ChangeEvent) -> i64 {
         other => panic!("id is {other:?}"),
     }
 }
+
+/// A change event as text, every field compared (its schema's name index, a
+/// hash map, left out).
+pub fn comparable_event(e: &ChangeEvent) -> String {
+    format!(
+        "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+        e.position,
+        e.op,
+        e.schema.fields(),
+        e.schema.key_indices(),
+        e.before,
+        e.after,
+        e.key,
+        e.source,
+        e.ts_ms,
+        e.order,
+        e.raw
+    )
+}

@@ -228,23 +228,10 @@ fn lines_after_a_known_schema_prefix_parse_as_the_first_of_their_topic() {
     }
 }
 
-/// A decoded record as text, its schema's name index (a hash map) left out.
+/// A decoded record as text.
 fn comparable(result: &cdc_core::Result<Record>) -> String {
     match result {
-        Ok(Record::Change(e)) => format!(
-            "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
-            e.position,
-            e.op,
-            e.schema.fields(),
-            e.schema.key_indices(),
-            e.before,
-            e.after,
-            e.key,
-            e.source,
-            e.ts_ms,
-            e.order,
-            e.raw
-        ),
+        Ok(Record::Change(e)) => comparable_event(e),
         Ok(other) => format!("{other:?}"),
         Err(error) => format!("error: {error}"),
     }

@@ -239,7 +239,10 @@ async fn undecodable_records_are_dead_lettered_with_their_position() {
     let mut strict =
         Pipeline::new(Decoder::new(), vec![Box::new(Flaky::default())], Box::new(MemoryDeadLetters::default()))
             .with_on_error(OnError::FailFast);
-    assert!(strict.push(bad).await.is_err());
+    // Decoded with the records pushed around it, at the latest when the batch is.
+    strict.push(bad).await.unwrap();
+    let error = strict.flush().await.unwrap_err().to_string();
+    assert!(error.contains("cdc.public.t[2]@9"), "{error}");
 }
 
 #[tokio::test]
@@ -382,6 +385,58 @@ async fn the_sinks_apply_a_batch_while_the_next_is_decoded() {
     assert_eq!(rows(&sink.inner.lock().unwrap()), rows(&expected_without(&records, &[])));
     assert_eq!(pipeline.stats().batches, 2);
     assert!(pipeline.take_applied().await.unwrap().is_empty(), "each offset is handed out once");
+}
+
+/// A sink that keeps every batch's events, as text.
+#[derive(Clone, Default)]
+struct Recording(Arc<Mutex<Vec<Vec<String>>>>);
+
+#[async_trait]
+impl Sink for Recording {
+    fn name(&self) -> &str {
+        "recording"
+    }
+    async fn durable_offsets(&mut self) -> Result<Offsets> {
+        Ok(Offsets::new())
+    }
+    async fn apply(&mut self, batch: &Batch) -> Result<()> {
+        let events = batch.events.iter().map(comparable_event);
+        self.0.lock().unwrap().push(events.collect());
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decoding_on_several_threads_gives_the_batches_of_one() {
+    for fixture in ["schemas", "schemaless", "fidelity-schemas", "fidelity-modes-string"] {
+        // Spread over partitions, as a topic's records arrive.
+        let records: Vec<FixtureRecord> =
+            load(fixture).into_iter().map(|r| FixtureRecord { partition: (r.offset % 3) as i32, ..r }).collect();
+        let mut batches = Vec::new();
+        for threads in [1, 4] {
+            let sink = Recording::default();
+            let letters = SharedLetters::default();
+            let policy = cdc_core::pipeline::BatchPolicy { max_records: 200, ..Default::default() };
+            let mut pipeline = Pipeline::new(
+                Decoder::new().keep_raw_json(true),
+                vec![Box::new(sink.clone())],
+                Box::new(letters.clone()),
+            )
+            .with_decode_threads(threads)
+            .with_policy(policy);
+            for record in &records {
+                pipeline.push(record.raw()).await.unwrap();
+                if pipeline.due() {
+                    pipeline.submit().await.unwrap();
+                }
+            }
+            pipeline.flush().await.unwrap();
+            let letters: Vec<String> = letters.0.lock().unwrap().iter().map(|l| format!("{l:?}")).collect();
+            batches.push((sink.0.lock().unwrap().clone(), letters));
+        }
+        assert!(batches[0].0.len() > 1, "{fixture}: several batches");
+        assert_eq!(batches[0], batches[1], "{fixture}");
+    }
 }
 
 /// A sink whose apply holds its thread (as CPU work does) until every sink
