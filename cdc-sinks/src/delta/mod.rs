@@ -160,6 +160,21 @@ struct Meter {
     stages: cdc_core::StageTimes,
 }
 
+impl Meter {
+    /// Adds what another meter measured in this batch.
+    fn absorb(&mut self, other: &Meter) {
+        for (stage, took) in other.stages.last() {
+            self.stages.add(stage, *took);
+        }
+        let (mine, theirs) = (&mut self.counts, &other.counts);
+        mine.commits += theirs.commits;
+        mine.merges += theirs.merges;
+        mine.appends += theirs.appends;
+        mine.files_rewritten += theirs.files_rewritten;
+        mine.files_added += theirs.files_added;
+    }
+}
+
 /// What the sink's commits did since [`DeltaSink::take_stats`] was last called.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ApplyStats {
@@ -222,39 +237,44 @@ async fn table_state<'a>(
     }
 }
 
-/// Applies a batch's share of one table, retrying what may pass. `history`
-/// is the history table as of the batches before (for owed TOAST values).
+/// Applies a batch's share of one table, retrying what may pass; gives back
+/// the table's state (none after an error: it is read again). `history` is
+/// the history table as of the batches before (for owed TOAST values).
 async fn apply_table(
     config: &DeltaConfig,
-    (tables, meter): (&mut HashMap<String, TableState>, &mut Meter),
+    mut state: Option<TableState>,
+    meter: &mut Meter,
     history: Option<&DeltaTable>,
     (name, events): (&str, &[&ChangeEvent]),
     batch: &Batch,
-) -> Result<()> {
+) -> (Option<TableState>, Result<()>) {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let state = table_state(config, tables, name).await?;
+        let mut current = match state.take() {
+            Some(current) => current,
+            None => match open_state(config, name).await {
+                Ok(opened) => opened,
+                Err(error) => return (None, Err(error)),
+            },
+        };
         // The batch's rule (skip what the table holds, unless reapplying),
         // for this table's share of its events.
-        let pending: Vec<&ChangeEvent> = events.iter().copied().filter(|e| batch.must_apply(&state.held, e)).collect();
+        let pending: Vec<&ChangeEvent> =
+            events.iter().copied().filter(|e| batch.must_apply(&current.held, e)).collect();
         if pending.is_empty() {
-            return Ok(());
+            return (Some(current), Ok(()));
         }
-        match apply_events(config, name, state, &pending, (&batch.offsets, history), meter).await {
-            Ok(()) => return Ok(()),
+        match apply_events(config, name, &mut current, &pending, (&batch.offsets, history), meter).await {
+            Ok(()) => return (Some(current), Ok(())),
             Err(error) if error.is_retriable() && attempt < config.max_attempts => {
                 // Another writer (or maintenance) committed first, or the
                 // store hiccuped: re-read the table, then retry what it
                 // does not hold yet.
                 tracing::warn!(table = name, %error, attempt, "retrying the Delta commit");
-                tables.remove(name);
                 tokio::time::sleep(Duration::from_millis(100 << attempt.min(8))).await;
             }
-            Err(error) => {
-                tables.remove(name);
-                return Err(error);
-            }
+            Err(error) => return (None, Err(error)),
         }
     }
 }
@@ -848,16 +868,34 @@ impl Sink for DeltaSink {
             false => None,
         };
         let DeltaSink { config, tables: states, history, meter } = self;
+        let config = &*config;
         let history_write = async {
             let started = std::time::Instant::now();
             let written = if write_history { history::append(config, history, batch).await } else { Ok(()) };
             (written, started.elapsed())
         };
+        // Every table at once too: their MERGEs' scans, joins and Parquet
+        // run on separate cores. Each table's stage times are summed.
         let tables_write = async {
-            for (name, events) in &tables {
-                apply_table(config, (states, meter), history_before.as_ref(), (name, events), batch).await?;
+            let runs = tables.iter().map(|(name, events)| {
+                let state = states.remove(name.as_str());
+                let history = history_before.as_ref();
+                async move {
+                    let mut table_meter = Meter::default();
+                    let (state, result) =
+                        apply_table(config, state, &mut table_meter, history, (name, events), batch).await;
+                    (name, state, table_meter, result)
+                }
+            });
+            let mut written = Ok(());
+            for (name, state, table_meter, result) in futures::future::join_all(runs).await {
+                if let Some(state) = state {
+                    states.insert(name.clone(), state);
+                }
+                meter.absorb(&table_meter);
+                written = written.and(result);
             }
-            Ok::<(), Error>(())
+            written
         };
         let ((history_written, history_took), tables_written) = tokio::join!(history_write, tables_write);
         if write_history {
