@@ -492,6 +492,12 @@ impl DecodeWorker {
         let Some(bytes) = record.value else {
             return done(Ok(Record::Tombstone { position }));
         };
+        // Without the table's state, a record that does not start as a
+        // schema wrapper (schemaless, or written unusually) is left whole to
+        // the decoder: scanning it here would be work done twice.
+        if state.is_none() && !bytes.starts_with(b"{\"schema\":") {
+            return Prepared(Step::Schemaless);
+        }
         let last_value_schema = self.last_schema(record.topic, VALUE);
         if let Some((schema, payload)) = last_value_schema.as_deref().and_then(|s| split_known_wrapper(bytes, s))
             && let Ok(envelope) = serde_json::from_str::<Envelope<'_>>(payload)
@@ -520,6 +526,9 @@ impl DecodeWorker {
             }
             _ => (top, None, ""),
         };
+        if schema_text.is_none() && state.is_none() {
+            return Prepared(Step::Schemaless);
+        }
         // Kept as the topic's last schema, and shared by the prepared record.
         let schema_text = schema_text.map(|text| {
             self.remember_schema(record.topic, VALUE, text);
