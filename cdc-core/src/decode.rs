@@ -89,7 +89,7 @@ pub struct Decoder {
 /// finishes each [`Prepared`] record in record order
 /// ([`Decoder::finish`]), doing there all that depends on the records of a
 /// table before it.
-#[derive(Default, Clone)]
+#[derive(Default)]
 pub struct DecodeWorker {
     /// Keep each change event's JSON text ([`ChangeEvent::raw`]).
     keep_raw_json: bool,
@@ -128,13 +128,6 @@ type CarriedSchema = (Arc<str>, Option<Arc<[String]>>);
 
 /// A record as a [`DecodeWorker`] left it, for [`Decoder::finish`].
 pub struct Prepared(Step);
-
-impl Prepared {
-    /// Nothing prepared: [`Decoder::finish`] decodes the record whole.
-    pub fn undecoded() -> Prepared {
-        Prepared(Step::Schemaless)
-    }
-}
 
 enum Step {
     /// Decoded: nothing of it depends on earlier records (tombstones,
@@ -228,7 +221,6 @@ fn split_known_wrapper<'b, 's>(bytes: &'b [u8], schema: &'s str) -> Option<(&'s 
     Some((schema, std::str::from_utf8(payload).ok()?))
 }
 
-#[derive(Clone)]
 struct CachedValueSchema {
     columns: Arc<TableSchema>,
     /// Keyed variants of `columns`, by key columns (almost always one).

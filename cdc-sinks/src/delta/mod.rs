@@ -221,19 +221,10 @@ impl DeltaSink {
     }
 
     async fn state(&mut self, name: &str) -> Result<&mut TableState> {
-        table_state(&self.config, &mut self.tables, name).await
-    }
-}
-
-/// The table `name`, opened on first use.
-async fn table_state<'a>(
-    config: &DeltaConfig,
-    tables: &'a mut HashMap<String, TableState>,
-    name: &str,
-) -> Result<&'a mut TableState> {
-    match tables.entry(name.to_owned()) {
-        std::collections::hash_map::Entry::Occupied(entry) => Ok(entry.into_mut()),
-        std::collections::hash_map::Entry::Vacant(entry) => Ok(entry.insert(open_state(config, name).await?)),
+        match self.tables.entry(name.to_owned()) {
+            std::collections::hash_map::Entry::Occupied(entry) => Ok(entry.into_mut()),
+            std::collections::hash_map::Entry::Vacant(entry) => Ok(entry.insert(open_state(&self.config, name).await?)),
+        }
     }
 }
 
