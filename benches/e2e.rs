@@ -33,6 +33,11 @@ use cdc_lakehouse::sinks::{DeltaConfig, DeltaSink, PgConnectionConfig, PgTargetS
 use rdkafka::mocking::MockCluster;
 use support::{database_url, fresh_database, peak_rss_mib, reset_peak_rss};
 
+// mimalloc: glibc's malloc was a sixth of the replay profile (many short-lived
+// strings per record, freed on other threads than allocated them).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// When each event's batch was committed, by position.
 type Commits = Arc<Mutex<Vec<(Position, Instant)>>>;
 

@@ -664,3 +664,42 @@ async fn a_column_added_with_a_default_fills_the_existing_rows() {
         assert_eq!(rendered, ["2=0", "3=0", "4=0", "6=0", "100=0"], "batches of {size}");
     }
 }
+
+/// The history's row images and `source` are written without a dictionary
+/// or statistics (they cost a fifth of its write and nothing filters on
+/// them); the columns queries filter on keep their statistics.
+#[tokio::test]
+async fn history_files_skip_dictionaries_and_statistics_of_the_json_columns() {
+    use cdc_sinks::delta::deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir);
+    let records = fixture_records("schemas");
+    let mut sink = DeltaSink::new(config.clone());
+    apply_with_dead_letters(&mut sink, &batches(&records, 40)).await;
+
+    let mut files = vec![dir.path().join("cdc_events")];
+    let mut checked = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != "parquet") {
+            continue;
+        }
+        let reader = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+        for group in reader.metadata().row_groups() {
+            for column in group.columns() {
+                let name = column.column_path().string();
+                let plain = ["before", "after", "source"].contains(&name.as_str());
+                assert_eq!(column.statistics().is_none(), plain, "{name} statistics in {path:?}");
+                if plain {
+                    assert!(column.dictionary_page_offset().is_none(), "{name} has a dictionary in {path:?}");
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no history files under {:?}", dir.path());
+}
