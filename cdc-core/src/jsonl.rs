@@ -71,7 +71,7 @@ const VALUE: usize = 1;
 /// escaped as the line holds it and unescaped. Records of a topic repeat
 /// their schema (most of a record's bytes and escapes), so a string that
 /// starts with the same escaped bytes has the same unescaped start: copied,
-/// and only the payload after it is unescaped.
+/// and only the payload after it is read (see [`LineParser::string_at`]).
 struct KnownPrefix {
     escaped: Box<str>,
     plain: Box<str>,
@@ -94,7 +94,10 @@ impl KnownPrefix {
         let plain = plain.get(..end + PAYLOAD.len())?;
         let quoted = serde_json::to_string(plain).ok()?;
         let escaped_prefix = quoted.get(1..quoted.len() - 1)?;
-        escaped.starts_with(escaped_prefix).then(|| KnownPrefix { escaped: escaped_prefix.into(), plain: plain.into() })
+        // Always true of a JSON writer's `,\"payload\":`; the fast path relies on it.
+        let ends_with_quote_colon = escaped_prefix.ends_with("\":");
+        (ends_with_quote_colon && escaped.starts_with(escaped_prefix))
+            .then(|| KnownPrefix { escaped: escaped_prefix.into(), plain: plain.into() })
     }
 }
 
@@ -121,14 +124,17 @@ impl LineParser {
             field: None,
             message: format!("line {}: {message}", number + 1),
         };
+        if let Some(record) = self.record_object(line, number) {
+            return Ok(record);
+        }
         let parsed: Line<'_> = serde_json::from_str(line).map_err(|e| error(format!("not a JSON object: {e}")))?;
         if let Some(topic) = parsed.topic {
             let (value, field) = match parsed.value {
                 Some(value) => (Some(value), "value"),
                 None => (parsed.payload, "payload"),
             };
-            let key = self.text(&topic, KEY, parsed.key).map_err(|e| error(format!("field `key`: {e}")))?;
-            let value = self.text(&topic, VALUE, value).map_err(|e| error(format!("field `{field}`: {e}")))?;
+            let key = text(parsed.key).map_err(|e| error(format!("field `key`: {e}")))?;
+            let value = text(value).map_err(|e| error(format!("field `{field}`: {e}")))?;
             return Ok(KafkaRecord {
                 topic: topic.into_owned(),
                 partition: parsed.partition.unwrap_or(0),
@@ -159,43 +165,141 @@ impl LineParser {
         Ok(KafkaRecord { topic, partition: 0, offset: number as i64, key: None, value: Some(line.to_owned()) })
     }
 
-    /// A key or value's bytes: a string holding serialized JSON (as kcat
-    /// writes it) unescaped, any other JSON value as written.
-    fn text(&mut self, topic: &str, which: usize, raw: Option<&RawValue>) -> serde_json::Result<Option<String>> {
-        let quoted = match raw.map(RawValue::get) {
-            None | Some("null") => return Ok(None),
-            Some(quoted) if quoted.starts_with('"') => quoted,
-            Some(json) => return Ok(Some(json.to_owned())),
-        };
-        let escaped = quoted.get(1..quoted.len() - 1).unwrap_or_default();
-        let known = self.known.get(topic).and_then(|prefixes| prefixes.get(which)?.as_ref());
-        if let Some(known) = known
-            && let Some(rest) = escaped.strip_prefix(&*known.escaped)
-        {
-            let mut rest_quoted = String::with_capacity(rest.len() + 2);
-            rest_quoted.push('"');
-            rest_quoted.push_str(rest);
-            rest_quoted.push('"');
-            let rest: Cow<'_, str> = serde_json::from_str(&rest_quoted)?;
-            let mut text = String::with_capacity(known.plain.len() + rest.len());
-            text.push_str(&known.plain);
-            text.push_str(&rest);
-            return Ok(Some(text));
+    /// A record object (the usual line) read field by field, each byte once:
+    /// a key or value string that repeats its topic's [`KnownPrefix`] is not
+    /// even scanned up to the payload. `None` for any other line (a bare
+    /// envelope, a duplicate field, bad JSON): the general parse handles it
+    /// and words its errors.
+    fn record_object(&mut self, line: &str, number: u64) -> Option<KafkaRecord> {
+        let mut cursor = Cursor { line, at: 0 };
+        cursor.expect(b'{')?;
+        let (mut topic, mut partition, mut offset) = (None::<Cow<'_, str>>, None, None);
+        let (mut key, mut value, mut payload) = (None, None, None);
+        if cursor.peek()? == b'}' {
+            cursor.at += 1;
+        } else {
+            loop {
+                let name: Cow<'_, str> = cursor.read()?;
+                cursor.expect(b':')?;
+                let known = topic.as_deref();
+                match name.as_ref() {
+                    "topic" if topic.is_none() => topic = Some(cursor.read()?),
+                    "partition" if partition.is_none() => partition = Some(cursor.read::<Option<i32>>()?),
+                    "offset" if offset.is_none() => offset = Some(cursor.read::<Option<i64>>()?),
+                    "key" if key.is_none() => key = Some(self.string_at(&mut cursor, known, KEY)?),
+                    "value" if value.is_none() => value = Some(self.string_at(&mut cursor, known, VALUE)?),
+                    "payload" if payload.is_none() => payload = Some(self.string_at(&mut cursor, known, VALUE)?),
+                    "topic" | "partition" | "offset" | "key" | "value" | "payload" | "source" => return None,
+                    _ => _ = cursor.read::<serde::de::IgnoredAny>()?,
+                }
+                match cursor.next_byte()? {
+                    b',' => continue,
+                    b'}' => break,
+                    _ => return None,
+                }
+            }
         }
-        let text: String = serde_json::from_str(quoted)?;
-        if let Some(prefix) = KnownPrefix::of(&text, escaped) {
+        if cursor.rest().trim_start().is_empty() {
+            Some(KafkaRecord {
+                topic: topic?.into_owned(),
+                partition: partition.flatten().unwrap_or(0),
+                offset: offset.flatten().unwrap_or(number as i64),
+                key: key.flatten(),
+                value: value.flatten().or(payload.flatten()),
+            })
+        } else {
+            None
+        }
+    }
+
+    /// A key or value at the cursor: a string holding serialized JSON (as
+    /// kcat writes it) unescaped, `null` as none, any other JSON value as
+    /// written. A string starting with its topic's known prefix is read from
+    /// the quote of the prefix's closing `\":` (JSON text of its own, `":…"`),
+    /// so only the payload is scanned; the prefix's unescaped bytes are copied.
+    fn string_at(&mut self, cursor: &mut Cursor<'_>, topic: Option<&str>, which: usize) -> Option<Option<String>> {
+        let start = cursor.skip_whitespace();
+        if !cursor.rest().starts_with('"') {
+            let raw: &RawValue = cursor.read()?;
+            return Some((raw.get() != "null").then(|| raw.get().to_owned()));
+        }
+        let known = topic.and_then(|t| self.known.get(t)).and_then(|prefixes| prefixes[which].as_ref());
+        if let Some(known) = known
+            && cursor.rest()[1..].starts_with(&*known.escaped)
+        {
+            cursor.at = start + known.escaped.len() - 1;
+            let colon_and_payload: Cow<'_, str> = cursor.read()?;
+            let plain_before_colon = &known.plain[..known.plain.len() - 1];
+            let mut text = String::with_capacity(plain_before_colon.len() + colon_and_payload.len());
+            text.push_str(plain_before_colon);
+            text.push_str(&colon_and_payload);
+            return Some(Some(text));
+        }
+        let text: String = cursor.read()?;
+        let escaped = &cursor.line[start + 1..cursor.at - 1];
+        if let Some(topic) = topic
+            && let Some(prefix) = KnownPrefix::of(&text, escaped)
+        {
             let prefixes = match self.known.get_mut(topic) {
                 Some(prefixes) => prefixes,
                 None => self.known.entry(topic.to_owned()).or_default(),
             };
-            if let Some(slot) = prefixes.get_mut(which) {
-                *slot = Some(prefix);
-            }
+            prefixes[which] = Some(prefix);
         }
-        Ok(Some(text))
+        Some(Some(text))
     }
 }
 
+/// A key or value's bytes: a string holding serialized JSON (as kcat
+/// writes it) unescaped, any other JSON value as written.
+fn text(raw: Option<&RawValue>) -> serde_json::Result<Option<String>> {
+    match raw.map(RawValue::get) {
+        None | Some("null") => Ok(None),
+        Some(quoted) if quoted.starts_with('"') => serde_json::from_str(quoted).map(Some),
+        Some(json) => Ok(Some(json.to_owned())),
+    }
+}
+
+/// A position in a line being read one JSON value at a time.
+struct Cursor<'a> {
+    line: &'a str,
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn rest(&self) -> &'a str {
+        &self.line[self.at..]
+    }
+
+    /// Skips whitespace; returns the position after it.
+    fn skip_whitespace(&mut self) -> usize {
+        self.at = self.line.len() - self.rest().trim_start_matches([' ', '\t', '\n', '\r']).len();
+        self.at
+    }
+
+    fn peek(&mut self) -> Option<u8> {
+        self.skip_whitespace();
+        self.rest().bytes().next()
+    }
+
+    fn next_byte(&mut self) -> Option<u8> {
+        let byte = self.peek()?;
+        self.at += 1;
+        Some(byte)
+    }
+
+    fn expect(&mut self, byte: u8) -> Option<()> {
+        (self.next_byte()? == byte).then_some(())
+    }
+
+    /// The JSON value at the cursor, which moves past it.
+    fn read<T: Deserialize<'a>>(&mut self) -> Option<T> {
+        let mut values = serde_json::Deserializer::from_str(self.rest()).into_iter::<T>();
+        let value = values.next()?.ok()?;
+        self.at += values.byte_offset();
+        Some(value)
+    }
+}
 /// Parses one line on its own (see [`LineParser::parse`]).
 pub fn parse_line(line: &str, input: &str, number: u64) -> Result<KafkaRecord> {
     LineParser::new().parse(line, input, number)

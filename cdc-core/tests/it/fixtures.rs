@@ -198,9 +198,11 @@ fn lines_after_a_known_schema_prefix_parse_as_the_first_of_their_topic() {
     use cdc_core::jsonl::{LineParser, parse_line};
     for fixture in ["schemas", "modes-string", "fidelity-schemas", "schemaless"] {
         let lines: Vec<String> = cdc_core::testing::load(fixture).iter().map(kcat_line).collect();
+        let records = cdc_core::testing::load(fixture);
         let mut warm = LineParser::new();
-        for (number, line) in lines.iter().enumerate() {
+        for (number, (line, record)) in lines.iter().zip(&records).enumerate() {
             let cold = parse_line(line, fixture, number as u64).unwrap();
+            assert_eq!(&cold, record, "{fixture} line {number}");
             assert_eq!(warm.parse(line, fixture, number as u64).unwrap(), cold, "{fixture} line {number}");
         }
     }
@@ -225,6 +227,50 @@ fn lines_after_a_known_schema_prefix_parse_as_the_first_of_their_topic() {
         let (warm, cold) = (warm.parse(&changed, "f", 1), parse_line(&changed, "f", 1));
         assert_eq!(warm.is_ok(), ok, "{changed}");
         assert_eq!(warm.ok(), cold.ok(), "{changed}");
+    }
+}
+
+/// However a record object is written (whitespace, field order, kcat's
+/// extra fields, `payload` for `value`), it gives the same record; a line
+/// that is not one JSON object with one of each field is refused.
+#[test]
+fn record_objects_parse_the_same_however_they_are_written() {
+    use cdc_core::jsonl::{KafkaRecord, LineParser};
+    let record = cdc_core::testing::load("schemas").into_iter().find(|r| r.key.is_some()).unwrap();
+    let key = serde_json::to_string(&record.key).unwrap();
+    let value = serde_json::to_string(&record.value).unwrap();
+    let topic = record.topic.clone();
+    let (partition, offset) = (record.partition, record.offset);
+    let parse = |line: &str| {
+        // Warm: the same line read before, so known prefixes apply.
+        let mut parser = LineParser::new();
+        let _ = parser.parse(line, "f", 0);
+        parser.parse(line, "f", 9)
+    };
+    let same = [
+        format!(r#"{{"topic":"{topic}","partition":{partition},"offset":{offset},"key":{key},"value":{value}}}"#),
+        format!(
+            " {{ \"value\" :\t{value} ,\r\n \"topic\" : \"{topic}\" , \"key\" : {key} , \"offset\" : {offset} , \"partition\" : {partition} }} "
+        ),
+        format!(
+            r#"{{"topic":"{topic}","partition":{partition},"offset":{offset},"tstype":"create","ts":1,"broker":0,"headers":["h",{{"a":[1]}}],"key":{key},"payload":{value}}}"#
+        ),
+        format!(r#"{{"topic":"{topic}","partition":{partition},"offset":{offset},"key":{key},"value":null,"payload":{value}}}"#),
+    ];
+    for line in &same {
+        assert_eq!(parse(line).unwrap(), record, "{line}");
+    }
+    let object_value = format!(r#"{{"topic":"{topic}","key":null,"value":{{"a": [1, "x"]}}}}"#);
+    let expected = KafkaRecord { partition: 0, offset: 9, key: None, value: Some(r#"{"a": [1, "x"]}"#.into()), ..record };
+    assert_eq!(parse(&object_value).unwrap(), expected);
+    for bad in [
+        format!(r#"{{"topic":"{topic}","topic":"x","key":{key},"value":{value}}}"#),
+        format!(r#"{{"topic":"{topic}","key":{key},"value":{value}}} x"#),
+        format!(r#"{{"topic":"{topic}","key":{key},"value":{value}"#),
+        format!(r#"{{"topic":"{topic}","key":{key} "value":{value}}}"#),
+        "{}".to_owned(),
+    ] {
+        assert!(parse(&bad).is_err(), "{bad}");
     }
 }
 
