@@ -223,20 +223,20 @@ impl LineParser {
             let raw: &RawValue = cursor.read()?;
             return Some((raw.get() != "null").then(|| raw.get().to_owned()));
         }
-        let known = topic.and_then(|t| self.known.get(t)).and_then(|prefixes| prefixes[which].as_ref());
+        let known = topic.and_then(|t| self.known.get(t)?.get(which)?.as_ref());
         if let Some(known) = known
-            && cursor.rest()[1..].starts_with(&*known.escaped)
+            && cursor.rest().get(1..).is_some_and(|string| string.starts_with(&*known.escaped))
         {
             cursor.at = start + known.escaped.len() - 1;
             let colon_and_payload: Cow<'_, str> = cursor.read()?;
-            let plain_before_colon = &known.plain[..known.plain.len() - 1];
+            let plain_before_colon = known.plain.strip_suffix(':')?;
             let mut text = String::with_capacity(plain_before_colon.len() + colon_and_payload.len());
             text.push_str(plain_before_colon);
             text.push_str(&colon_and_payload);
             return Some(Some(text));
         }
         let text: String = cursor.read()?;
-        let escaped = &cursor.line[start + 1..cursor.at - 1];
+        let escaped = cursor.line.get(start + 1..cursor.at - 1)?;
         if let Some(topic) = topic
             && let Some(prefix) = KnownPrefix::of(&text, escaped)
         {
@@ -244,7 +244,9 @@ impl LineParser {
                 Some(prefixes) => prefixes,
                 None => self.known.entry(topic.to_owned()).or_default(),
             };
-            prefixes[which] = Some(prefix);
+            if let Some(slot) = prefixes.get_mut(which) {
+                *slot = Some(prefix);
+            }
         }
         Some(Some(text))
     }
@@ -268,7 +270,7 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn rest(&self) -> &'a str {
-        &self.line[self.at..]
+        self.line.get(self.at..).unwrap_or_default()
     }
 
     /// Skips whitespace; returns the position after it.

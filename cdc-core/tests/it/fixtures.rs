@@ -255,13 +255,16 @@ fn record_objects_parse_the_same_however_they_are_written() {
         format!(
             r#"{{"topic":"{topic}","partition":{partition},"offset":{offset},"tstype":"create","ts":1,"broker":0,"headers":["h",{{"a":[1]}}],"key":{key},"payload":{value}}}"#
         ),
-        format!(r#"{{"topic":"{topic}","partition":{partition},"offset":{offset},"key":{key},"value":null,"payload":{value}}}"#),
+        format!(
+            r#"{{"topic":"{topic}","partition":{partition},"offset":{offset},"key":{key},"value":null,"payload":{value}}}"#
+        ),
     ];
     for line in &same {
         assert_eq!(parse(line).unwrap(), record, "{line}");
     }
     let object_value = format!(r#"{{"topic":"{topic}","key":null,"value":{{"a": [1, "x"]}}}}"#);
-    let expected = KafkaRecord { partition: 0, offset: 9, key: None, value: Some(r#"{"a": [1, "x"]}"#.into()), ..record };
+    let expected =
+        KafkaRecord { partition: 0, offset: 9, key: None, value: Some(r#"{"a": [1, "x"]}"#.into()), ..record };
     assert_eq!(parse(&object_value).unwrap(), expected);
     for bad in [
         format!(r#"{{"topic":"{topic}","topic":"x","key":{key},"value":{value}}}"#),

@@ -11,9 +11,7 @@ use deltalake::arrow::array::{
 };
 use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use deltalake::operations::write::SchemaMode;
-use deltalake::parquet::basic::Compression;
-use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
-use deltalake::parquet::schema::types::ColumnPath;
+use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::protocol::SaveMode;
 
 use super::{DeltaConfig, NAME, TABLES_METADATA, TableState, delta_error, offsets_commit, open_state};
@@ -70,22 +68,13 @@ pub(super) async fn append(config: &DeltaConfig, slot: &mut Option<TableState>, 
     }
 }
 
-/// The row images and `source` are most of the history's bytes and are never
-/// filtered on: a dictionary of them rarely repeats a value, and their
-/// min/max statistics compare whole documents, so both are off for them.
-/// `record_key` keeps both: owed-TOAST lookups filter on it.
+/// The row images and `source` are most of the history's bytes and nothing
+/// filters on them: no dictionary, no statistics. Keys and order keys rarely
+/// repeat either, but owed-TOAST lookups filter on them: statistics kept.
 fn writer_properties() -> WriterProperties {
-    RAW_JSON_COLUMNS
-        .iter()
-        .fold(WriterProperties::builder().set_compression(Compression::SNAPPY), |b, c| {
-            let column = ColumnPath::from(*c);
-            b.set_column_dictionary_enabled(column.clone(), false)
-                .set_column_statistics_enabled(column, EnabledStatistics::None)
-        })
-        .build()
+    let json = ["before", "after", "source"];
+    super::writer_properties(&[&json[..], &["record_key", "order_key"]].concat(), &json)
 }
-
-const RAW_JSON_COLUMNS: [&str; 3] = ["before", "after", "source"];
 
 fn to_batch(events: &[&ChangeEvent]) -> Result<RecordBatch> {
     let raw = |e: &ChangeEvent| {

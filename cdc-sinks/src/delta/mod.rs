@@ -23,6 +23,9 @@ use deltalake::datafusion::prelude::SessionContext;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::write::SchemaMode;
+use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 use futures::TryStreamExt;
@@ -513,6 +516,7 @@ async fn truncate(table: DeltaTable, event: &ChangeEvent, properties: CommitProp
     let (table, _) = table
         .delete()
         .with_predicate(predicate)
+        .with_writer_properties(table_writer_properties())
         .with_commit_properties(properties)
         .await
         .map_err(|e| delta_error(&e))?;
@@ -659,6 +663,24 @@ async fn reshape_if_needed(
     Ok((table, existing))
 }
 
+/// Parquet settings: snappy, as delta-rs writes by default; no dictionary
+/// for `unique` columns, whose values rarely repeat (every value would be
+/// hashed into a dictionary the writer then abandons), and no statistics for
+/// `unfiltered` ones (min/max compare whole values).
+fn writer_properties(unique: &[&str], unfiltered: &[&str]) -> WriterProperties {
+    let builder = WriterProperties::builder().set_compression(Compression::SNAPPY);
+    let builder = unique.iter().fold(builder, |b, c| b.set_column_dictionary_enabled(ColumnPath::from(*c), false));
+    unfiltered
+        .iter()
+        .fold(builder, |b, c| b.set_column_statistics_enabled(ColumnPath::from(*c), EnabledStatistics::None))
+        .build()
+}
+
+/// Every write of a table's files: its order keys are unique per row.
+pub(super) fn table_writer_properties() -> WriterProperties {
+    writer_properties(&[cdc_core::arrow::ORDER_COLUMN], &[])
+}
+
 async fn append(
     config: &DeltaConfig,
     table: DeltaTable,
@@ -670,6 +692,7 @@ async fn append(
         .write(vec![batch])
         .with_save_mode(SaveMode::Append)
         .with_schema_mode(SchemaMode::Merge)
+        .with_writer_properties(table_writer_properties())
         .with_commit_properties(properties);
     if creating {
         builder = builder.with_configuration([(
@@ -700,6 +723,7 @@ async fn merge(
         .with_source_alias("source")
         .with_target_alias("target")
         .with_merge_schema(true)
+        .with_writer_properties(table_writer_properties())
         .with_commit_properties(properties)
         .when_matched_update(|update| {
             sql.updates.iter().fold(update.predicate(sql.update_when.clone()), |u, (column, expr)| {

@@ -147,6 +147,7 @@ pub async fn rewrite(
         .write(rewritten)
         .with_save_mode(SaveMode::Overwrite)
         .with_schema_mode(SchemaMode::Overwrite)
+        .with_writer_properties(super::table_writer_properties())
         .with_commit_properties(properties)
         .await
         .map_err(|e| delta_error(&e))
