@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 
 use crate::error::Result;
@@ -43,7 +43,7 @@ pub trait SchemaCatalog: Send + Sync {
 
 /// How the connector encodes the types whose encoding is configurable; the
 /// names and defaults are the PostgreSQL connector's own settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HandlingModes {
     #[serde(default)]
@@ -57,7 +57,7 @@ pub struct HandlingModes {
 }
 
 /// `decimal.handling.mode`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DecimalMode {
     #[default]
@@ -67,7 +67,7 @@ pub enum DecimalMode {
 }
 
 /// `time.precision.mode`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimePrecisionMode {
     #[default]
@@ -77,7 +77,7 @@ pub enum TimePrecisionMode {
 }
 
 /// `interval.handling.mode`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IntervalMode {
     #[default]
@@ -86,7 +86,7 @@ pub enum IntervalMode {
 }
 
 /// `binary.handling.mode`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BinaryMode {
     #[default]

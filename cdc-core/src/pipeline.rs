@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::catalog::SchemaCatalog;
 use crate::decode::{DecodeWorker, Decoder, Prepared, RawRecord};
@@ -18,7 +18,7 @@ use crate::renames::{RenameDetection, Renames};
 use crate::sink::{Batch, Offsets, Sink};
 
 /// When to cut a batch: whichever limit is reached first.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BatchPolicy {
     /// Records per batch.
@@ -53,7 +53,7 @@ impl Default for BatchPolicy {
 }
 
 /// What happens to a record that cannot be decoded or applied.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnError {
     /// Send it to the dead-letter store and go on.
@@ -96,7 +96,7 @@ impl DeadLetterStore for MemoryDeadLetters {
 }
 
 /// Backoff for sink failures that may pass (an outage, a lost race).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     #[serde(default = "default_initial_ms")]

@@ -18,13 +18,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::event::{ChangeEvent, OrderKey};
 use crate::schema::{SchemaRef, TableSchema};
 
 /// How renames are recognised.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RenameDetection {
     /// From the source catalog's column numbers only (`[source] schema_url`);

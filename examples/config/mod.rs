@@ -11,11 +11,13 @@ use cdc_lakehouse::kafka::KafkaConfig;
 use cdc_lakehouse::sinks::{
     DeltaConfig, DeltaSink, PgConnectionConfig, PgDatalakeSink, PgSourceCatalog, PgTargetSink, PgUrl,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-/// The consumer's configuration. Every key is optional; defaults are the
-/// seed deployment's.
-#[derive(Debug, Deserialize, PartialEq)]
+/// The consumer's configuration. Every key is optional, in every section:
+/// a file's keys are laid over the defaults (the seed deployment's) section
+/// by section, so `[kafka] topics = [...]` keeps the default brokers and
+/// `[datalake] enabled = false` needs nothing else.
+#[derive(Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub kafka: KafkaConfig,
@@ -32,7 +34,7 @@ pub struct Config {
 }
 
 /// The `[source]` section: where schemaless records get their column types.
-#[derive(Debug, Default, Deserialize, PartialEq)]
+#[derive(Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// The source database, read (catalog only) for the column types of
@@ -57,7 +59,7 @@ pub struct SourceConfig {
 }
 
 /// A sink section: `enabled = false` switches it off.
-#[derive(Debug, Deserialize, PartialEq)]
+#[derive(Debug, Deserialize, Serialize, PartialEq)]
 pub struct Toggle<T> {
     #[serde(default = "yes")]
     pub enabled: bool,
@@ -97,7 +99,7 @@ impl Config {
         let mut config = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("invalid configuration in {}", path.display()))?
+                Config::from_toml(&text).with_context(|| format!("invalid configuration in {}", path.display()))?
             }
             None => Config::default(),
         };
@@ -139,6 +141,14 @@ impl Config {
         Ok(config)
     }
 
+    /// A configuration file's text, laid over the defaults.
+    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        let file: toml::Table = toml::from_str(text)?;
+        let mut merged = toml::Table::try_from(Config::default())?;
+        lay_over(&mut merged, file);
+        Ok(Config::deserialize(merged)?)
+    }
+
     /// The pipeline into the enabled sinks, with this configuration's
     /// decoding, batching, retry and error settings.
     pub fn pipeline(&self, dead_letters: Box<dyn DeadLetterStore>) -> Pipeline {
@@ -169,5 +179,18 @@ impl Config {
             sinks.push(Box::new(PgDatalakeSink::new(self.datalake.settings.clone())));
         }
         sinks
+    }
+}
+
+/// Lays `file` over `defaults`: a table merges key by key, any other value
+/// (arrays included) replaces the default.
+fn lay_over(defaults: &mut toml::Table, file: toml::Table) {
+    for (key, value) in file {
+        match (defaults.get_mut(&key), value) {
+            (Some(toml::Value::Table(default)), toml::Value::Table(table)) => lay_over(default, table),
+            (_, value) => {
+                defaults.insert(key, value);
+            }
+        }
     }
 }

@@ -29,7 +29,7 @@ use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 use futures::TryStreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The Arrow batch a Delta table gets for a converted batch (for tests of
 /// the type mapping; the sink calls it itself).
@@ -57,7 +57,7 @@ const CLUSTER_METADATA: &str = "cdc.kafka_cluster";
 const TABLES_METADATA: &str = "cdc.tables";
 
 /// Where and how the Delta tables are written.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DeltaConfig {
     /// Root of the tables: a local path or an object-store URL (`s3://`,

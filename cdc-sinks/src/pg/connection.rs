@@ -7,12 +7,14 @@ use std::fmt;
 use std::time::Duration;
 
 use cdc_core::{Error, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
 /// A connection string that never shows its password (`Debug`, `Display`).
-#[derive(Clone, Deserialize, PartialEq, Eq)]
+/// It serializes whole, password included, as the configuration file holds
+/// it: serialize a configuration to merge or store it, never to show it.
+#[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct PgUrl(String);
 
@@ -50,7 +52,7 @@ impl fmt::Debug for PgUrl {
 }
 
 /// Connection and retry settings shared by the PostgreSQL sinks.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PgConnectionConfig {
     /// `postgres://user:password@host:port/db` (the password is never logged).
