@@ -11,14 +11,13 @@ require() {
     command -v "$1" >/dev/null 2>&1 || { echo "$(basename "$0"): '$1' is required: $2" >&2; exit 1; }
 }
 
-# The compose command: the Docker CLI plugin, or the standalone docker-compose.
+# The compose command: Docker Compose v2, the `docker compose` plugin. The old
+# standalone docker-compose (v1) cannot run `up --wait` and is not used.
 compose() {
-    if docker compose version >/dev/null 2>&1; then
-        docker compose -f "$root/docker-compose.yml" "$@"
-    elif command -v docker-compose >/dev/null 2>&1; then
-        docker-compose -f "$root/docker-compose.yml" "$@"
-    else
-        echo "$(basename "$0"): Docker Compose is required (https://docs.docker.com/compose/install/)" >&2
+    if ! docker compose version >/dev/null 2>&1; then
+        echo "$(basename "$0"): Docker Compose v2 ('docker compose') is required (https://docs.docker.com/compose/install/);" \
+            "the standalone docker-compose v1 cannot run 'up --wait'" >&2
         exit 1
     fi
+    docker compose -f "$root/docker-compose.yml" "$@"
 }

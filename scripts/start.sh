@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Starts the docker-compose deployment (PostgreSQL source/data lake/target,
-# Kafka, Debezium Connect, Kafka UI), waits for the health checks, and registers
-# the Debezium connector (connectors/postgres-source-connector.json).
-#   scripts/start.sh            # the CDC services
-#   scripts/start.sh --spark    # plus the Spark master and worker
+# Kafka, Debezium Connect, Kafka UI) with Docker Compose v2, waits for the health
+# checks, and registers the Debezium connector (connectors/postgres-source-connector.json).
+#   scripts/start.sh               # the CDC services
+#   scripts/start.sh --notebook    # plus Jupyter with notebooks/deltalake-query.ipynb (port 8888)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 require docker "install Docker (https://docs.docker.com/engine/install/)"
@@ -13,8 +13,8 @@ require jq "apt-get install jq"
 profiles=()
 case "${1:-}" in
 "") ;;
---spark) profiles=(--profile spark) ;;
-*) echo "usage: scripts/start.sh [--spark]" >&2; exit 2 ;;
+--notebook) profiles=(--profile notebook) ;;
+*) echo "usage: scripts/start.sh [--notebook]" >&2; exit 2 ;;
 esac
 
 compose "${profiles[@]}" up -d --wait
@@ -28,5 +28,5 @@ cat <<TEXT
 Ready. Next:
   scripts/run-consumer.sh     # consume into ./deltalake and both PostgreSQL sinks
   scripts/test-cdc.sh         # change the source and check every sink follows
-  Kafka UI: http://localhost:8080   Connect: $CONNECT_URL
+  Kafka UI: http://localhost:8080   Connect: $CONNECT_URL   Notebook (--notebook): http://localhost:8888
 TEXT

@@ -26,30 +26,51 @@ fn compose(args: &[&str]) -> String {
 #[test]
 fn compose_file_is_valid_with_the_seed_services() {
     compose(&["config", "-q"]);
-    let services = compose(&["--profile", "spark", "config", "--services"]);
-    for service in [
-        "postgres-source",
-        "postgres-datalake",
-        "postgres-target",
-        "kafka",
-        "connect",
-        "kafka-ui",
-        "spark-master",
-        "spark-worker",
-    ] {
+    let services = compose(&["--profile", "notebook", "config", "--services"]);
+    for service in
+        ["postgres-source", "postgres-datalake", "postgres-target", "kafka", "connect", "kafka-ui", "notebook"]
+    {
         assert!(services.lines().any(|s| s == service), "service {service} missing: {services}");
     }
-    let config = compose(&["config"]);
-    assert_eq!(config.matches("profiles:\n    - spark").count(), 2, "Spark only under the spark profile");
-    for port in ["5433", "5434", "5435", "29092", "8083", "8080"] {
+    let config = compose(&["--profile", "notebook", "config"]);
+    assert_eq!(config.matches("profiles:\n    - notebook").count(), 1, "the notebook only under its profile");
+    for port in ["5433", "5434", "5435", "29092", "8083", "8080", "8888"] {
         assert!(config.contains(&format!("published: {port}")), "port {port} not published");
     }
     assert!(config.contains("wal_level=logical"));
-    assert_eq!(config.matches("healthcheck:").count(), 8, "a health check on every service");
+    assert_eq!(config.matches("healthcheck:").count(), 7, "a health check on every service");
     for image in config.lines().filter_map(|l| l.trim().strip_prefix("image: ")) {
         let tag = image.rsplit_once(':').map(|(_, tag)| tag).unwrap_or("");
         assert!(!tag.is_empty() && tag != "latest", "image {image} is not pinned");
     }
+}
+
+/// The Docker path runs what the tests run: the Debezium version the
+/// fixtures were recorded with, the maintained Kafka UI, settings the
+/// images read, and data in named volumes `stop.sh --volumes` drops.
+#[test]
+fn compose_runs_the_tested_versions_with_named_volumes() {
+    let text = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
+    let fixture = std::fs::read_to_string(root().join("tests/fixtures/debezium/schemas.jsonl")).unwrap();
+    let version = fixture.split("\"version\":\"").nth(1).and_then(|v| v.split('"').next()).unwrap();
+    assert!(text.contains(&format!("image: quay.io/debezium/connect:{version}\n")), "Connect is not Debezium {version}");
+    assert!(text.contains("image: ghcr.io/kafbat/kafka-ui:"), "Kafka UI is not kafbat's");
+    for line in text.lines().map(str::trim) {
+        let name = line.split(':').next().unwrap_or_default();
+        assert!(!name.ends_with("_STORAGE_REPLICATION_FACTOR") || name.starts_with("CONNECT_"), "{line}: not read by the image");
+        assert!(!line.starts_with("version:"), "Compose v2 ignores `version`");
+    }
+    let config = compose(&["config"]);
+    for (volume, path) in [
+        ("cdc-postgres-source-data", "/var/lib/postgresql/data"),
+        ("cdc-postgres-datalake-data", "/var/lib/postgresql/data"),
+        ("cdc-postgres-target-data", "/var/lib/postgresql/data"),
+        ("cdc-kafka-data", "/var/lib/kafka/data"),
+    ] {
+        assert!(config.contains(&format!("name: {volume}")), "volume {volume} is not named: {config}");
+        assert!(config.contains(path), "nothing mounted at {path}");
+    }
+    assert!(text.contains("KAFKA_LOG_DIRS: /var/lib/kafka/data"), "Kafka writes its log outside its volume");
 }
 
 #[test]
@@ -68,6 +89,8 @@ fn connector_configuration_matches_the_decoder() {
         ("value.converter.schemas.enable", "true"),
         // NULL must stay NULL (JsonConverter would write the column default).
         ("value.converter.replace.null.with.default", "false"),
+        // Said, not left to the connector's default: a first start snapshots, a restart resumes.
+        ("snapshot.mode", "initial"),
     ];
     for (key, value) in expect {
         assert_eq!(config[key], value, "{key}");
