@@ -2,7 +2,7 @@
 //! once, to Delta Lake, the PostgreSQL data lake and the PostgreSQL target.
 //!
 //! First run, with nothing installed (an in-process Kafka, generated
-//! real-shaped Debezium events, Delta tables under ./deltalake):
+//! real-shaped Debezium events, Delta tables under ./deltalake-demo):
 //!
 //! ```sh
 //! cargo run --release --example consumer -- --demo
@@ -36,9 +36,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Consume Debezium change events and apply them to Delta Lake and PostgreSQL.
 #[derive(Parser)]
 struct Args {
-    /// Run the embedded demo: an in-process Kafka with generated events.
+    /// Run the embedded demo: an in-process Kafka with generated events,
+    /// into Delta tables of its own (never the configured sinks).
     #[arg(long)]
     demo: bool,
+    /// Where the demo writes its Delta tables.
+    #[arg(long, env = "CDC_DEMO_DELTA_ROOT", default_value = "./deltalake-demo")]
+    demo_root: String,
     /// TOML configuration file (see `Config`); environment variables override it.
     #[arg(long, env = "CDC_CONFIG")]
     config: Option<std::path::PathBuf>,
@@ -57,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut config = Config::load(args.config.as_deref())?;
     if args.demo {
-        return run_demo(config).await;
+        return run_demo(config, &args.demo_root).await;
     }
     if config.delta.enabled as u8 + config.target.enabled as u8 + config.datalake.enabled as u8 == 0 {
         bail!("every sink is switched off: enable at least one of delta, target, datalake");
@@ -84,6 +88,9 @@ async fn main() -> anyhow::Result<()> {
     std::process::exit(0)
 }
 
+/// The demo's Kafka group and the name its positions are stored under.
+const DEMO_CONSUMER: &str = "cdc-demo";
+
 /// SIGINT or SIGTERM.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -99,9 +106,12 @@ async fn shutdown_signal() {
 }
 
 /// The embedded demo: librdkafka's in-process mock cluster, real-shaped
-/// Debezium events, the normal consumer path into ./deltalake (and the
-/// PostgreSQL sinks when CDC_TARGET_URL / CDC_DATALAKE_URL are set).
-async fn run_demo(mut config: Config) -> anyhow::Result<()> {
+/// Debezium events, the normal consumer path into Delta tables under
+/// `demo_root` (and PostgreSQL when CDC_DEMO_TARGET_URL /
+/// CDC_DEMO_DATALAKE_URL are set). It never writes where the real consumer
+/// does: its positions (offsets of a cluster gone when it ends) and rows
+/// would make the real stream's records look already applied.
+async fn run_demo(mut config: Config, demo_root: &str) -> anyhow::Result<()> {
     let cluster = rdkafka::mocking::MockCluster::new(1)?;
     let brokers = cluster.bootstrap_servers();
     println!("demo: in-process Kafka (librdkafka mock cluster) at {brokers}");
@@ -142,12 +152,25 @@ async fn run_demo(mut config: Config) -> anyhow::Result<()> {
     }
 
     config.kafka.brokers = brokers;
-    config.kafka.group_id = "cdc-demo".into();
+    config.kafka.group_id = DEMO_CONSUMER.into();
     config.kafka.dlq_suffix = None;
     config.kafka.progress_secs = 2;
     config.batch.max_records = 10_000;
-    config.target.enabled = std::env::var("CDC_TARGET_URL").is_ok();
-    config.datalake.enabled = std::env::var("CDC_DATALAKE_URL").is_ok();
+    config.delta.enabled = true;
+    config.delta.settings.root = demo_root.into();
+    config.delta.settings.consumer = DEMO_CONSUMER.into();
+    for (toggle, variable) in
+        [(&mut config.target, "CDC_DEMO_TARGET_URL"), (&mut config.datalake, "CDC_DEMO_DATALAKE_URL")]
+    {
+        let url = std::env::var(variable).ok().filter(|url| !url.is_empty());
+        toggle.enabled = url.is_some();
+        if let Some(url) = url {
+            toggle.settings.url = cdc_lakehouse::sinks::PgUrl::new(url);
+            toggle.settings.consumer = DEMO_CONSUMER.into();
+            println!("demo: also into {} ({variable})", toggle.settings.url);
+        }
+    }
+    println!("demo: Delta tables under {demo_root} (consumer name {DEMO_CONSUMER})");
     let delta_config = config.delta.settings.clone();
     let mut pipeline =
         Pipeline::new(Decoder::new().keep_raw_json(true), config.sinks(), Box::new(MemoryDeadLetters::default()))
@@ -180,7 +203,11 @@ async fn run_demo(mut config: Config) -> anyhow::Result<()> {
     let now = count(time_travel::query(&delta_config, sql, AsOf::Latest).await?);
     let then = count(time_travel::query(&delta_config, sql, AsOf::Version(0)).await?);
     println!("\ntime travel: `{sql}` -> {now} now, {then} at version 0");
-    println!("try: cargo run --example query -- \"SELECT status, count(*) FROM orders GROUP BY status\"");
+    println!("\nthe demo wrote to {}", delta_config.root);
+    println!(
+        "try: cargo run --example query -- --root {} \"SELECT status, count(*) FROM orders GROUP BY status\"",
+        delta_config.root
+    );
     Ok(())
 }
 

@@ -39,8 +39,8 @@ RANDOM=$seed
 started=$SECONDS
 shutdown_timeout=10
 
-python3 -c 'import deltalake, pyarrow, confluent_kafka' 2>/dev/null \
-    || python3 -m pip install --quiet --disable-pip-version-check deltalake pyarrow confluent-kafka
+source "$root/scripts/python-env.sh"
+python_env
 
 work=${CDC_CHAOS_DIR:-$(mktemp -d /tmp/cdc-chaos.XXXXXX)}
 mkdir -p "$work"
@@ -78,7 +78,7 @@ for name in target_db datalake_db; do psql -X -q "$admin" -c "CREATE DATABASE $n
 pg_stop() { "$root/scripts/pg-cluster.sh" stop "$work/pg"; }
 pg_start() { PG_PORT=$port "$root/scripts/pg-cluster.sh" start "$work/pg" >/dev/null; }
 
-python3 tests/chaos/generate.py --seed "$seed" --events "$events" --out "$work" >/dev/null
+"$python" tests/chaos/generate.py --seed "$seed" --events "$events" --out "$work" >/dev/null
 spawn bash -c '"$1/kafka_broker" --publish-stdin --partitions 64 --address-file "$2/kafka.addr" <"$2/stream.jsonl" 2>"$2/broker.log"' \
     _ "$bin" "$work"
 for _ in $(seq 1 120); do grep -q "stdin closed" "$work/broker.log" 2>/dev/null && break; sleep 0.5; done
@@ -166,7 +166,7 @@ pg_start
 echo "chaos: draining"
 start_consumer
 consumer=${pids[-1]}
-check() { python3 tests/chaos/check.py "$work" "$brokers" "$(db target_db)" "$(db datalake_db)" "$work/deltalake"; }
+check() { "$python" tests/chaos/check.py "$work" "$brokers" "$(db target_db)" "$(db datalake_db)" "$work/deltalake"; }
 result=""
 for _ in $(seq 1 60); do
     if result=$(check 2>"$work/check.err"); then break; fi

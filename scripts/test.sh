@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh machine (the README's test command):
-# installs what is missing (Debian's PostgreSQL and docker-compose, the Python
-# deltalake reader), starts a throwaway PostgreSQL cluster with wal_level=logical
+# installs what is missing (Debian's PostgreSQL, docker-compose and JDK, needing
+# root for apt; the Python packages into .venv), starts a throwaway PostgreSQL cluster with wal_level=logical
 # on a free port, exports its URL to the tests as CDC_TEST_PG_URL, checks
 # formatting and lints, runs the tests, then the local end-to-end run with real
-# Debezium (scripts/e2e-local.sh) and the short chaos suite (scripts/chaos.sh),
-# and stops the cluster.
+# Debezium (scripts/e2e-local.sh), the notebook against the demo's tables
+# (scripts/notebook-check.sh) and the short chaos suite (scripts/chaos.sh), and
+# stops the cluster.
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -p cdc-core     # extra arguments go to the test runner
@@ -13,11 +14,11 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-# The Delta tests read our tables with another Delta implementation.
-if ! python3 -c 'import deltalake, pyarrow' 2>/dev/null; then
-    echo "installing the Python deltalake reader (pip)..."
-    python3 -m pip install --quiet --disable-pip-version-check deltalake pyarrow
-fi
+# The Delta tests read our tables with another Delta implementation, the
+# Python deltalake package, from the project's virtual environment.
+source "$root/scripts/python-env.sh"
+python_env
+export CDC_TEST_PYTHON=$python
 
 apt_install() {
     [ "$(id -u)" = 0 ] || { echo "please install Debian's $* (apt-get install $*)" >&2; exit 1; }
@@ -52,6 +53,7 @@ fi
 # the arguments select some tests only).
 if [ $# -eq 0 ]; then
     scripts/e2e-local.sh
+    scripts/notebook-check.sh
     # It must stop everything it started, children of pipes included.
     sleep 1
     if left=$(pgrep -af 'DebeziumStream|examples/kafka_broker|examples/consumer'); then

@@ -281,14 +281,16 @@ print(json.dumps({"version": dt.version(), "ids": sorted(r["id"] for r in rows),
 import os
 os._exit(0)
 "#;
-    let output = std::process::Command::new("python3")
+    // scripts/test.sh points CDC_TEST_PYTHON at the .venv it installs deltalake into.
+    let python = std::env::var("CDC_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let output = std::process::Command::new(&python)
         .args(["-c", script, dir.path().join("customers").to_str().unwrap()])
         .output()
-        .expect("python3");
+        .unwrap_or_else(|e| panic!("{python}: {e}"));
     assert!(
         output.status.success(),
-        "the Python deltalake package could not read the table (scripts/test.sh installs it: \
-         pip install deltalake pyarrow): {}",
+        "the Python deltalake package could not read the table with {python} (scripts/test.sh installs it \
+         into .venv and sets CDC_TEST_PYTHON): {}",
         String::from_utf8_lossy(&output.stderr)
     );
     let seen: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
