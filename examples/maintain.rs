@@ -1,6 +1,7 @@
 //! Delta table maintenance: compaction (optionally Z-ordered by key),
-//! checkpoints and vacuum, for every table under the root. The consumer runs
-//! the same between batches on a schedule; this runs it once, by hand.
+//! checkpoints, log cleanup and vacuum, for every table under the root. The
+//! consumer runs the same between batches on its `[maintenance]` schedule;
+//! this runs it once, by hand.
 //!
 //! ```sh
 //! cargo run --example maintain -- --root ./deltalake --zorder-by id --vacuum-hours 168
@@ -34,13 +35,15 @@ async fn main() -> anyhow::Result<()> {
         optimize_min_files: args.min_files,
         zorder_by: args.zorder_by,
         vacuum_retention_hours: args.vacuum_hours,
+        cleanup_logs: true,
     };
     for (table, report) in maintenance::run(&config, &policy).await? {
         println!(
-            "{table}: compacted {} files into {}, checkpoint at {}, vacuumed {} files",
+            "{table}: compacted {} files into {}, checkpoint at {}, {} log files deleted, vacuumed {} files",
             report.files_removed,
             report.files_added,
             report.checkpoint_version.map(|v| format!("v{v}")).unwrap_or_else(|| "-".into()),
+            report.logs_deleted,
             report.files_vacuumed
         );
     }

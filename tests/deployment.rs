@@ -53,11 +53,17 @@ fn compose_runs_the_tested_versions_with_named_volumes() {
     let text = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
     let fixture = std::fs::read_to_string(root().join("tests/fixtures/debezium/schemas.jsonl")).unwrap();
     let version = fixture.split("\"version\":\"").nth(1).and_then(|v| v.split('"').next()).unwrap();
-    assert!(text.contains(&format!("image: quay.io/debezium/connect:{version}\n")), "Connect is not Debezium {version}");
+    assert!(
+        text.contains(&format!("image: quay.io/debezium/connect:{version}\n")),
+        "Connect is not Debezium {version}"
+    );
     assert!(text.contains("image: ghcr.io/kafbat/kafka-ui:"), "Kafka UI is not kafbat's");
     for line in text.lines().map(str::trim) {
         let name = line.split(':').next().unwrap_or_default();
-        assert!(!name.ends_with("_STORAGE_REPLICATION_FACTOR") || name.starts_with("CONNECT_"), "{line}: not read by the image");
+        assert!(
+            !name.ends_with("_STORAGE_REPLICATION_FACTOR") || name.starts_with("CONNECT_"),
+            "{line}: not read by the image"
+        );
         assert!(!line.starts_with("version:"), "Compose v2 ignores `version`");
     }
     let config = compose(&["config"]);

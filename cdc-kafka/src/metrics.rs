@@ -26,6 +26,7 @@ pub struct Metrics {
     last_batch_seconds: Gauge<f64, AtomicU64>,
     assigned_partitions: Gauge,
     lag: Family<Labels, Gauge>,
+    stage_seconds: Family<Labels, Counter<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -35,6 +36,7 @@ impl Default for Metrics {
         let last_batch_seconds = Gauge::<f64, AtomicU64>::default();
         let assigned_partitions = Gauge::default();
         let lag = Family::<Labels, Gauge>::default();
+        let stage_seconds = Family::<Labels, Counter<f64, AtomicU64>>::default();
         let mut registry = Registry::with_prefix("cdc");
         registry.register("records", "Kafka records consumed", records.clone());
         registry.register("batches", "Batches applied to every sink", batches.clone());
@@ -47,7 +49,22 @@ impl Default for Metrics {
         );
         registry.register("assigned_partitions", "Partitions assigned to this consumer", assigned_partitions.clone());
         registry.register("consumer_lag", "Records not yet durable in every sink, by partition", lag.clone());
-        Metrics { registry, records, batches, dead_letters, events, last_batch_seconds, assigned_partitions, lag }
+        registry.register(
+            "sink_stage_seconds",
+            "Time each sink spent by stage (Delta: merge, history, maintenance, ...; PostgreSQL: copy, apply, ...)",
+            stage_seconds.clone(),
+        );
+        Metrics {
+            registry,
+            records,
+            batches,
+            dead_letters,
+            events,
+            last_batch_seconds,
+            assigned_partitions,
+            lag,
+            stage_seconds,
+        }
     }
 }
 
@@ -68,6 +85,13 @@ impl Metrics {
         for ((table, op), n) in &stats.events {
             let labels = vec![("table".to_owned(), table.clone()), ("op".to_owned(), (*op).to_owned())];
             advance(&self.events.get_or_create(&labels), *n);
+        }
+        for (sink, stages) in &stats.sink_stages {
+            for (stage, took) in stages.total() {
+                let labels = vec![("sink".to_owned(), sink.clone()), ("stage".to_owned(), (*stage).to_owned())];
+                let counter = self.stage_seconds.get_or_create(&labels);
+                counter.inc_by((took.as_secs_f64() - counter.get()).max(0.0));
+            }
         }
         self.last_batch_seconds.set(stats.last_batch.as_secs_f64());
         self.assigned_partitions.set(assigned as i64);

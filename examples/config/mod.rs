@@ -8,6 +8,7 @@ use cdc_lakehouse::core::pipeline::{BatchPolicy, DeadLetterStore, OnError, Pipel
 use cdc_lakehouse::core::renames::RenameDetection;
 use cdc_lakehouse::core::{Decoder, Sink};
 use cdc_lakehouse::kafka::KafkaConfig;
+use cdc_lakehouse::sinks::delta::maintenance::MaintenanceSchedule;
 use cdc_lakehouse::sinks::{
     DeltaConfig, DeltaSink, PgConnectionConfig, PgDatalakeSink, PgSourceCatalog, PgTargetSink, PgUrl,
 };
@@ -31,6 +32,8 @@ pub struct Config {
     pub datalake: Toggle<PgConnectionConfig>,
     /// Column types of schemaless topics (`value.converter.schemas.enable=false`).
     pub source: SourceConfig,
+    /// When the Delta sink compacts, checkpoints, cleans the log and vacuums.
+    pub maintenance: MaintenanceSchedule,
 }
 
 /// The `[source]` section: where schemaless records get their column types.
@@ -90,6 +93,7 @@ impl Default for Config {
                 ),
             },
             source: SourceConfig::default(),
+            maintenance: MaintenanceSchedule::default(),
         }
     }
 }
@@ -168,7 +172,8 @@ impl Config {
     pub fn sinks(&self) -> Vec<Box<dyn Sink>> {
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
         if self.delta.enabled {
-            sinks.push(Box::new(DeltaSink::new(self.delta.settings.clone())));
+            sinks
+                .push(Box::new(DeltaSink::new(self.delta.settings.clone()).with_maintenance(self.maintenance.clone())));
         }
         if self.target.enabled {
             sinks.push(Box::new(

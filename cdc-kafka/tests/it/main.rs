@@ -18,6 +18,7 @@ use rdkafka::mocking::MockCluster;
 #[derive(Clone, Default)]
 struct Recording {
     state: Arc<Mutex<(MemorySink, Vec<Position>)>>,
+    stages: cdc_core::StageTimes,
 }
 
 #[async_trait]
@@ -25,10 +26,15 @@ impl Sink for Recording {
     fn name(&self) -> &str {
         "recording"
     }
+    fn stage_times(&self) -> Option<&cdc_core::StageTimes> {
+        Some(&self.stages)
+    }
     async fn durable_offsets(&mut self) -> Result<Offsets> {
         Ok(self.state.lock().unwrap().0.offsets.clone())
     }
     async fn apply(&mut self, batch: &Batch) -> Result<()> {
+        self.stages.start_batch();
+        self.stages.add("record", Duration::from_millis(250));
         let mut state = self.state.lock().unwrap();
         let (memory, applied) = &mut *state;
         for event in &batch.events {
@@ -249,6 +255,12 @@ async fn metrics_endpoint_reports_the_run() {
         "{body}"
     );
     assert!(body.contains("cdc_dead_letters_total 0\n"), "{body}");
+    // Each sink's stage times (the test sink says each batch took 250 ms recording).
+    let recorded = 0.25 * summary.batches as f64;
+    assert!(
+        body.contains(&format!("cdc_sink_stage_seconds_total{{sink=\"recording\",stage=\"record\"}} {recorded}")),
+        "{body}"
+    );
 }
 
 /// A sink that is down for good.

@@ -1,17 +1,20 @@
 //! Table maintenance: compaction (optionally Z-ordered by the primary key),
-//! checkpoints and vacuum. Run between batches so it does not fight the
-//! writer; a commit that still races it is retried by the sink.
+//! checkpoints, log cleanup and vacuum: once by hand ([`run`],
+//! `examples/maintain.rs`), or on a [`MaintenanceSchedule`] inside the Delta
+//! sink, between its batches, so it never races the sink's own commits (a
+//! commit of another writer that races it is retried by delta-rs).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use cdc_core::Result;
 use deltalake::operations::optimize::OptimizeType;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{DeltaConfig, delta_error, time_travel};
 
-/// When and how to maintain the tables.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// How to maintain the tables.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MaintenancePolicy {
     /// Compact a table once it has at least this many data files.
@@ -24,6 +27,15 @@ pub struct MaintenancePolicy {
     /// Remove files no version younger than this needs.
     #[serde(default = "default_retention_hours")]
     pub vacuum_retention_hours: u64,
+    /// After a checkpoint, delete log files older than the table's
+    /// `delta.logRetentionDuration` (30 days unless set) that the checkpoint
+    /// makes unnecessary.
+    #[serde(default = "default_true")]
+    pub cleanup_logs: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_min_files() -> usize {
@@ -39,6 +51,7 @@ impl Default for MaintenancePolicy {
             optimize_min_files: default_min_files(),
             zorder_by: Vec::new(),
             vacuum_retention_hours: default_retention_hours(),
+            cleanup_logs: true,
         }
     }
 }
@@ -50,6 +63,7 @@ pub struct MaintenanceReport {
     pub files_added: u64,
     pub files_vacuumed: usize,
     pub checkpoint_version: Option<u64>,
+    pub logs_deleted: usize,
 }
 
 /// Compacts small files (Z-ordered by `zorder_by` when given).
@@ -85,22 +99,124 @@ pub async fn vacuum(config: &DeltaConfig, name: &str, retention: Duration) -> Re
     Ok(MaintenanceReport { files_vacuumed: metrics.files_deleted.len(), ..MaintenanceReport::default() })
 }
 
+/// Deletes the log files a checkpoint made unnecessary and the table's log
+/// retention lets go.
+pub async fn cleanup_logs(config: &DeltaConfig, name: &str) -> Result<MaintenanceReport> {
+    let table = time_travel::open(config, name).await?;
+    let deleted = deltalake::checkpoints::cleanup_metadata(&table, None).await.map_err(|e| delta_error(&e))?;
+    Ok(MaintenanceReport { logs_deleted: deleted, ..MaintenanceReport::default() })
+}
+
 /// Runs what `policy` says is due on every table: compaction where files
-/// piled up, a checkpoint after it, vacuum of old files.
+/// piled up, a checkpoint after it, log cleanup, vacuum of old files.
 pub async fn run(config: &DeltaConfig, policy: &MaintenancePolicy) -> Result<Vec<(String, MaintenanceReport)>> {
     let mut reports = Vec::new();
     for name in time_travel::list_tables(config)? {
-        let table = time_travel::open(config, &name).await?;
-        let files = table.snapshot().map_err(|e| delta_error(&e))?.log_data().num_files();
-        let mut report = MaintenanceReport::default();
-        if files >= policy.optimize_min_files {
-            let zorder: Vec<String> = if name == super::history::TABLE { Vec::new() } else { policy.zorder_by.clone() };
-            report = optimize(config, &name, &zorder).await?;
-            report.checkpoint_version = checkpoint(config, &name).await?.checkpoint_version;
-        }
-        let retention = Duration::from_secs(policy.vacuum_retention_hours * 3600);
-        report.files_vacuumed = vacuum(config, &name, retention).await?.files_vacuumed;
-        reports.push((name, report));
+        reports.push((name.clone(), maintain(config, &name, policy).await?));
     }
     Ok(reports)
+}
+
+/// One table's maintenance: compaction when its files piled up, then a
+/// checkpoint and log cleanup, then vacuum.
+pub async fn maintain(config: &DeltaConfig, name: &str, policy: &MaintenancePolicy) -> Result<MaintenanceReport> {
+    let table = time_travel::open(config, name).await?;
+    let files = table.snapshot().map_err(|e| delta_error(&e))?.log_data().num_files();
+    let mut report = MaintenanceReport::default();
+    if files >= policy.optimize_min_files {
+        let zorder: Vec<String> = if name == super::history::TABLE { Vec::new() } else { policy.zorder_by.clone() };
+        report = optimize(config, name, &zorder).await?;
+        report.checkpoint_version = checkpoint(config, name).await?.checkpoint_version;
+        if policy.cleanup_logs {
+            report.logs_deleted = cleanup_logs(config, name).await?.logs_deleted;
+        }
+    }
+    let retention = Duration::from_secs(policy.vacuum_retention_hours * 3600);
+    report.files_vacuumed = vacuum(config, name, retention).await?.files_vacuumed;
+    Ok(report)
+}
+
+/// When the Delta sink maintains a table it writes: after every
+/// `every_commits` of its batches that touched the table, or once
+/// `every_minutes` passed since the table was last maintained, whichever
+/// comes first; right after the batch's commits, before the next batch.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceSchedule {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_every_commits")]
+    pub every_commits: u64,
+    #[serde(default = "default_every_minutes")]
+    pub every_minutes: u64,
+    /// Compact a table once it has at least this many data files.
+    #[serde(default = "default_min_files")]
+    pub optimize_min_files: usize,
+    /// Z-order compacted files by these columns (usually the primary key);
+    /// empty for plain bin-packing. The history table is never Z-ordered.
+    #[serde(default)]
+    pub zorder_by: Vec<String>,
+    /// Vacuum: remove files no version younger than this needs (time travel
+    /// to older versions stops working).
+    #[serde(default = "default_retention_hours")]
+    pub vacuum_retention_hours: u64,
+    /// Delete log files a checkpoint made unnecessary, past the table's log retention.
+    #[serde(default = "default_true")]
+    pub cleanup_logs: bool,
+}
+
+fn default_every_commits() -> u64 {
+    100
+}
+fn default_every_minutes() -> u64 {
+    60
+}
+
+impl Default for MaintenanceSchedule {
+    fn default() -> Self {
+        let policy = MaintenancePolicy::default();
+        MaintenanceSchedule {
+            enabled: true,
+            every_commits: default_every_commits(),
+            every_minutes: default_every_minutes(),
+            optimize_min_files: policy.optimize_min_files,
+            zorder_by: policy.zorder_by,
+            vacuum_retention_hours: policy.vacuum_retention_hours,
+            cleanup_logs: policy.cleanup_logs,
+        }
+    }
+}
+
+impl MaintenanceSchedule {
+    pub fn policy(&self) -> MaintenancePolicy {
+        MaintenancePolicy {
+            optimize_min_files: self.optimize_min_files,
+            zorder_by: self.zorder_by.clone(),
+            vacuum_retention_hours: self.vacuum_retention_hours,
+            cleanup_logs: self.cleanup_logs,
+        }
+    }
+}
+
+/// Which tables are due, per the schedule: commits and time since each
+/// table was last maintained (or first written by this sink).
+#[derive(Debug, Default)]
+pub(super) struct Due {
+    tables: HashMap<String, (u64, Instant)>,
+}
+
+impl Due {
+    /// Counts a batch's commit to `table`; true when it is due now.
+    pub(super) fn committed(&mut self, schedule: &MaintenanceSchedule, table: &str) -> bool {
+        let (commits, since) = self.tables.entry(table.to_owned()).or_insert((0, Instant::now()));
+        *commits += 1;
+        schedule.enabled
+            && (*commits >= schedule.every_commits.max(1)
+                || since.elapsed() >= Duration::from_secs(schedule.every_minutes * 60))
+    }
+
+    /// Starts the table's count over after its maintenance.
+    pub(super) fn maintained(&mut self, table: &str) {
+        self.tables.insert(table.to_owned(), (0, Instant::now()));
+    }
 }

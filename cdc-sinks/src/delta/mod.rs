@@ -154,6 +154,8 @@ pub struct DeltaSink {
     tables: HashMap<String, TableState>,
     history: Option<TableState>,
     meter: Meter,
+    maintenance: Option<maintenance::MaintenanceSchedule>,
+    due: maintenance::Due,
 }
 
 /// What the sink measures as it applies: counts, and time by stage.
@@ -187,6 +189,8 @@ pub struct ApplyStats {
     /// Data files a MERGE rewrote (removed and replaced).
     pub files_rewritten: u64,
     pub files_added: u64,
+    /// Tables maintained on the schedule ([`DeltaSink::with_maintenance`]).
+    pub maintenance_runs: u64,
 }
 
 /// An open table and the offsets it durably holds.
@@ -206,7 +210,60 @@ struct TableState {
 
 impl DeltaSink {
     pub fn new(config: DeltaConfig) -> DeltaSink {
-        DeltaSink { config, tables: HashMap::new(), history: None, meter: Meter::default() }
+        DeltaSink {
+            config,
+            tables: HashMap::new(),
+            history: None,
+            meter: Meter::default(),
+            maintenance: None,
+            due: maintenance::Due::default(),
+        }
+    }
+
+    /// Maintains the tables this sink writes on `schedule`, right after a
+    /// batch's commits and before the next batch's (never racing them).
+    /// Its time is the `maintenance` stage of the batch it follows.
+    pub fn with_maintenance(mut self, schedule: maintenance::MaintenanceSchedule) -> DeltaSink {
+        self.maintenance = Some(schedule);
+        self
+    }
+
+    /// Maintains the tables `written` by the batch just applied that the
+    /// schedule says are due. A failure is logged and retried at the next
+    /// batch: the batch's data is committed whatever happens here.
+    async fn maintain_due(&mut self, written: impl Iterator<Item = String>) {
+        let Some(schedule) = &self.maintenance else { return };
+        let due: Vec<String> = written.filter(|table| self.due.committed(schedule, table)).collect();
+        if due.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let policy = schedule.policy();
+        for table in due {
+            match maintenance::maintain(&self.config, &table, &policy).await {
+                Ok(report) => {
+                    tracing::info!(
+                        table,
+                        compacted = report.files_removed,
+                        into = report.files_added,
+                        checkpoint = report.checkpoint_version,
+                        logs_deleted = report.logs_deleted,
+                        vacuumed = report.files_vacuumed,
+                        "maintained"
+                    );
+                    self.due.maintained(&table);
+                    self.meter.counts.maintenance_runs += 1;
+                }
+                Err(error) => tracing::warn!(table, %error, "maintenance failed; retried after the next batch"),
+            }
+            // Its commits moved the table on: read it again before writing.
+            if table == history::TABLE {
+                self.history = None;
+            } else {
+                self.tables.remove(&table);
+            }
+        }
+        self.meter.stages.add("maintenance", started.elapsed());
     }
 
     pub fn config(&self) -> &DeltaConfig {
@@ -882,7 +939,7 @@ impl Sink for DeltaSink {
             true => Some(history::state(&self.config, &mut self.history).await?.table.clone()),
             false => None,
         };
-        let DeltaSink { config, tables: states, history, meter } = self;
+        let DeltaSink { config, tables: states, history, meter, .. } = self;
         let config = &*config;
         let history_write = async {
             let started = std::time::Instant::now();
@@ -918,6 +975,8 @@ impl Sink for DeltaSink {
         }
         history_written?;
         tables_written?;
+        let written = tables.into_keys().chain(write_history.then(|| history::TABLE.to_owned()));
+        self.maintain_due(written).await;
         Ok(())
     }
 }

@@ -390,6 +390,7 @@ async fn maintenance_keeps_the_tables_readable() {
         optimize_min_files: 2,
         zorder_by: vec!["id".into()],
         vacuum_retention_hours: 0,
+        cleanup_logs: true,
     };
     let reports = cdc_sinks::delta::maintenance::run(&config, &policy).await.unwrap();
     let (_, customers_report) = reports.iter().find(|(n, _)| n == "customers").unwrap();
@@ -716,4 +717,48 @@ async fn unique_and_unfiltered_columns_skip_dictionaries_and_statistics() {
             assert!(!dictionary, "customers {column} has a dictionary");
         }
     }
+}
+
+/// On a schedule, the sink maintains the tables it writes right after a
+/// batch's commits: compaction, a checkpoint, vacuum. The tables stay exact,
+/// the next batches apply over the maintained versions, and a restarted
+/// sink resumes where the last batch left off.
+#[tokio::test]
+async fn scheduled_maintenance_runs_between_batches() {
+    use cdc_sinks::delta::maintenance::MaintenanceSchedule;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir);
+    let records = fixture_records("schemas");
+    let schedule = MaintenanceSchedule {
+        every_commits: 3,
+        optimize_min_files: 2,
+        vacuum_retention_hours: 0,
+        ..Default::default()
+    };
+    let mut sink = DeltaSink::new(config.clone()).with_maintenance(schedule);
+    let all = batches(&records, 9);
+    let dead = apply_with_dead_letters(&mut sink, &all).await;
+    assert!(dead.is_empty(), "{dead:?}");
+
+    let mut memory = MemorySink::new();
+    for event in changes(&records) {
+        memory.apply_event(event);
+    }
+    for table in TABLES {
+        assert_eq!(delta_rows(&config, table, AsOf::Latest).await, memory_rows(&memory, table), "{table}");
+    }
+    for table in ["customers", "cdc_events"] {
+        let history = time_travel::history(&config, table).await.unwrap();
+        let optimized = history.iter().filter(|h| h.operation == "OPTIMIZE").count();
+        assert!(optimized > 0, "{table} was never compacted: {history:?}");
+        assert!(dir.path().join(table).join("_delta_log/_last_checkpoint").exists(), "{table} has no checkpoint");
+    }
+    assert!(sink.take_stats().maintenance_runs > 0);
+    assert!(sink.stage_times().unwrap().total().iter().any(|(stage, _)| *stage == "maintenance"));
+    assert_eq!(scalar_text(&config, "SELECT count(*) FROM cdc_events").await, change_count(&records).to_string());
+
+    let mut restarted = DeltaSink::new(config.clone());
+    let offsets = restarted.durable_offsets().await.unwrap();
+    let last_customer = records.iter().rfind(|r| r.position().topic.as_ref() == "cdc.public.customers").unwrap();
+    assert_eq!(offsets.get("cdc.public.customers", 0), Some(last_customer.position().offset));
 }
