@@ -15,6 +15,15 @@
 //! cargo run --release --example consumer -- --config consumer.toml
 //! CDC_BROKERS=localhost:29092 CDC_TARGET_URL=postgres://... cargo run --release --example consumer
 //! ```
+//!
+//! Before a run, check the configuration and what it points at (brokers and
+//! topics, each PostgreSQL and its privileges, the Delta root, the sinks'
+//! stored offsets against the cluster); exits 1 when something needs fixing:
+//!
+//! ```sh
+//! cargo run --release --example consumer -- --config consumer.toml --check
+//! ```
+mod check;
 mod config;
 mod demo;
 
@@ -46,6 +55,10 @@ struct Args {
     /// TOML configuration file (see `Config`); environment variables override it.
     #[arg(long, env = "CDC_CONFIG")]
     config: Option<std::path::PathBuf>,
+    /// Check the configuration and everything it points at, print what to
+    /// fix, and exit (1 when something needs fixing).
+    #[arg(long, conflicts_with = "demo")]
+    check: bool,
     /// Stop after no record arrived for this many seconds (0: run until Ctrl-C).
     #[arg(long, default_value_t = 0)]
     stop_when_idle_secs: u64,
@@ -62,6 +75,15 @@ async fn main() -> anyhow::Result<()> {
     let mut config = Config::load(args.config.as_deref())?;
     if args.demo {
         return run_demo(config, &args.demo_root).await;
+    }
+    if args.check {
+        let findings = check::run(&config, Duration::from_secs(10)).await;
+        for finding in &findings {
+            println!("{finding}");
+        }
+        let failed = findings.iter().filter(|f| !f.ok).count();
+        println!("{}", if failed == 0 { "everything checked is ready".to_owned() } else { format!("{failed} to fix") });
+        std::process::exit(i32::from(failed > 0));
     }
     if config.delta.enabled as u8 + config.target.enabled as u8 + config.datalake.enabled as u8 == 0 {
         bail!("every sink is switched off: enable at least one of delta, target, datalake");
@@ -313,6 +335,54 @@ mod tests {
             }
         }
         assert_eq!(ops.into_iter().collect::<Vec<_>>(), ["c", "d", "u"]);
+    }
+
+    /// `--check` passes a ready setup, and names each broken part with what
+    /// to fix: brokers nobody answers on, a database that refuses, a Delta
+    /// root that cannot be written, sinks holding offsets beyond the topic.
+    #[tokio::test]
+    async fn the_check_names_what_to_fix() {
+        use cdc_lakehouse::core::{Batch, Offsets, Sink};
+        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+        cluster.create_topic("cdc.public.customers", 2, 1).unwrap();
+        let pg = std::env::var("CDC_TEST_PG_URL").expect("CDC_TEST_PG_URL (scripts/test.sh sets it)");
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.kafka.brokers = cluster.bootstrap_servers();
+        config.delta.settings.root = dir.path().join("delta").to_str().unwrap().into();
+        config.target.settings.url = cdc_lakehouse::sinks::PgUrl::new(&pg);
+        config.target.settings.consumer = format!("check-test-{}", std::process::id());
+        config.datalake.enabled = false;
+        let findings = check::run(&config, Duration::from_secs(5)).await;
+        assert!(findings.iter().all(|f| f.ok), "{findings:#?}");
+        assert_eq!(findings.len(), 5, "configuration, kafka, target, delta root, offsets: {findings:#?}");
+
+        // The sinks hold an offset the topic never reached (Kafka was reset).
+        let view = cdc_lakehouse::kafka::inspect(&config.kafka, Duration::from_secs(5)).await.unwrap();
+        let mut offsets = Offsets::new();
+        offsets.cluster = view.cluster.as_deref().map(std::sync::Arc::from);
+        offsets.set("cdc.public.customers".into(), 1, 41);
+        let mut target = cdc_lakehouse::sinks::PgTargetSink::new(config.target.settings.clone());
+        target.apply(&Batch { events: Vec::new(), offsets, reapply: false }).await.unwrap();
+        config.delta.enabled = false;
+        let findings = check::run(&config, Duration::from_secs(5)).await;
+        let failed: Vec<&check::Finding> = findings.iter().filter(|f| !f.ok).collect();
+        assert_eq!(failed.len(), 1, "{findings:#?}");
+        assert!(failed[0].detail.contains("cdc.public.customers[1]") && failed[0].detail.contains("41"), "{failed:#?}");
+
+        let mut broken = Config::default();
+        broken.kafka.brokers = "127.0.0.1:1".into();
+        broken.kafka.topics = vec!["cdc.public.nothing".into()];
+        broken.delta.settings.root = "/proc/cdc-check-cannot-write".into();
+        broken.target.settings.url = cdc_lakehouse::sinks::PgUrl::new(format!("{pg}_no_such_database"));
+        broken.datalake.enabled = false;
+        let findings = check::run(&broken, Duration::from_secs(2)).await;
+        let failed: Vec<&str> = findings.iter().filter(|f| !f.ok).map(|f| f.subject.as_str()).collect();
+        assert_eq!(failed.len(), 3, "{findings:#?}");
+        assert!(failed[0].starts_with("kafka 127.0.0.1:1"), "{findings:#?}");
+        assert!(failed[1].starts_with("target "), "{findings:#?}");
+        assert!(failed[2].starts_with("delta root"), "{findings:#?}");
+        assert!(findings.iter().all(|f| !f.to_string().contains("password")), "{findings:#?}");
     }
 
     #[test]

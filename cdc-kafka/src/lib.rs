@@ -139,6 +139,43 @@ impl KafkaConfig {
     }
 }
 
+/// What the brokers say, for a configuration check (`consumer --check`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterView {
+    /// The cluster's id, the one the sinks store with their offsets.
+    pub cluster: Option<String>,
+    /// Every topic on the cluster.
+    pub existing: Vec<String>,
+    /// The topics the configuration selects, with each partition's end (high watermark).
+    pub selected: BTreeMap<String, Vec<i64>>,
+}
+
+/// Asks the brokers `config` names (with its librdkafka properties, so TLS
+/// and authentication take part) for the cluster id, the topics and the end
+/// of each selected partition. Fails when they cannot be reached in `wait`,
+/// with librdkafka's reason (TLS, authentication, resolution, refusal).
+pub async fn inspect(config: &KafkaConfig, wait: Duration) -> Result<ClusterView> {
+    let consumer: rdkafka::consumer::BaseConsumer = config.client().create().map_err(kafka_error)?;
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || {
+        let metadata = consumer.fetch_metadata(None, wait).map_err(kafka_error)?;
+        let existing: Vec<String> = metadata.topics().iter().map(|t| t.name().to_owned()).collect();
+        let mut selected = BTreeMap::new();
+        for topic in config.resolve_topics(&existing)? {
+            let partitions = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len());
+            let ends = (0..partitions as i32)
+                .map(|partition| consumer.fetch_watermarks(&topic, partition, wait).map(|(_, end)| end))
+                .collect::<std::result::Result<Vec<i64>, _>>()
+                .map_err(kafka_error)?;
+            selected.insert(topic, ends);
+        }
+        let cluster = consumer.client().fetch_cluster_id(wait);
+        Ok(ClusterView { cluster, existing, selected })
+    })
+    .await
+    .map_err(|e| Error::Sink { sink: "kafka".into(), message: e.to_string(), retriable: false })?
+}
+
 pub(crate) fn kafka_error(error: rdkafka::error::KafkaError) -> Error {
     Error::Unavailable { sink: "kafka".into(), message: error.to_string() }
 }
