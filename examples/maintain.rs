@@ -35,7 +35,7 @@ async fn main() -> anyhow::Result<()> {
         optimize_min_files: args.min_files,
         zorder_by: args.zorder_by,
         vacuum_retention_hours: args.vacuum_hours,
-        cleanup_logs: true,
+        ..MaintenancePolicy::default()
     };
     for (table, report) in maintenance::run(&config, &policy).await? {
         println!(

@@ -8,7 +8,7 @@ use cdc_lakehouse::core::pipeline::{BatchPolicy, DeadLetterStore, OnError, Pipel
 use cdc_lakehouse::core::renames::RenameDetection;
 use cdc_lakehouse::core::{Decoder, Sink};
 use cdc_lakehouse::kafka::KafkaConfig;
-use cdc_lakehouse::sinks::delta::maintenance::MaintenanceSchedule;
+use cdc_lakehouse::sinks::delta::maintenance::MaintenancePolicy;
 use cdc_lakehouse::sinks::{
     DeltaConfig, DeltaSink, PgConnectionConfig, PgDatalakeSink, PgSourceCatalog, PgTargetSink, PgUrl,
 };
@@ -33,7 +33,7 @@ pub struct Config {
     /// Column types of schemaless topics (`value.converter.schemas.enable=false`).
     pub source: SourceConfig,
     /// When the Delta sink compacts, checkpoints, cleans the log and vacuums.
-    pub maintenance: MaintenanceSchedule,
+    pub maintenance: MaintenancePolicy,
 }
 
 /// The `[source]` section: where schemaless records get their column types.
@@ -93,7 +93,7 @@ impl Default for Config {
                 ),
             },
             source: SourceConfig::default(),
-            maintenance: MaintenanceSchedule::default(),
+            maintenance: MaintenancePolicy::default(),
         }
     }
 }

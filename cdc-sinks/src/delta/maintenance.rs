@@ -1,7 +1,7 @@
 //! Table maintenance: compaction (optionally Z-ordered by the primary key),
 //! checkpoints, log cleanup and vacuum: once by hand ([`run`],
-//! `examples/maintain.rs`), or on a [`MaintenanceSchedule`] inside the Delta
-//! sink, between its batches, so it never races the sink's own commits (a
+//! `examples/maintain.rs`), or on the policy's schedule inside the Delta
+//! sink ([`DeltaSink::with_maintenance`](super::DeltaSink::with_maintenance)), between its batches, so it never races the sink's own commits (a
 //! commit of another writer that races it is retried by delta-rs).
 
 use std::collections::HashMap;
@@ -13,18 +13,30 @@ use serde::{Deserialize, Serialize};
 
 use super::{DeltaConfig, delta_error, time_travel};
 
-/// How to maintain the tables.
+/// How to maintain the tables and, in the Delta sink, when: a table it
+/// writes is maintained after every `every_commits` of its batches that
+/// touched the table, or once `every_minutes` passed since the table was
+/// last maintained, whichever comes first; right after the batch's commits,
+/// before the next batch. A run by hand ([`run`]) ignores the schedule.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct MaintenancePolicy {
+    /// The sink's schedule is on.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_every_commits")]
+    pub every_commits: u64,
+    #[serde(default = "default_every_minutes")]
+    pub every_minutes: u64,
     /// Compact a table once it has at least this many data files.
     #[serde(default = "default_min_files")]
     pub optimize_min_files: usize,
     /// Z-order compacted files by these columns (usually the primary key);
-    /// empty for plain bin-packing.
+    /// empty for plain bin-packing. The history table is never Z-ordered.
     #[serde(default)]
     pub zorder_by: Vec<String>,
-    /// Remove files no version younger than this needs.
+    /// Vacuum: remove files no version younger than this needs (time travel
+    /// to older versions stops working).
     #[serde(default = "default_retention_hours")]
     pub vacuum_retention_hours: u64,
     /// After a checkpoint, delete log files older than the table's
@@ -37,6 +49,12 @@ pub struct MaintenancePolicy {
 fn default_true() -> bool {
     true
 }
+fn default_every_commits() -> u64 {
+    100
+}
+fn default_every_minutes() -> u64 {
+    60
+}
 
 fn default_min_files() -> usize {
     32
@@ -48,6 +66,9 @@ fn default_retention_hours() -> u64 {
 impl Default for MaintenancePolicy {
     fn default() -> Self {
         MaintenancePolicy {
+            enabled: true,
+            every_commits: default_every_commits(),
+            every_minutes: default_every_minutes(),
             optimize_min_files: default_min_files(),
             zorder_by: Vec::new(),
             vacuum_retention_hours: default_retention_hours(),
@@ -136,68 +157,6 @@ pub async fn maintain(config: &DeltaConfig, name: &str, policy: &MaintenancePoli
     Ok(report)
 }
 
-/// When the Delta sink maintains a table it writes: after every
-/// `every_commits` of its batches that touched the table, or once
-/// `every_minutes` passed since the table was last maintained, whichever
-/// comes first; right after the batch's commits, before the next batch.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct MaintenanceSchedule {
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    #[serde(default = "default_every_commits")]
-    pub every_commits: u64,
-    #[serde(default = "default_every_minutes")]
-    pub every_minutes: u64,
-    /// Compact a table once it has at least this many data files.
-    #[serde(default = "default_min_files")]
-    pub optimize_min_files: usize,
-    /// Z-order compacted files by these columns (usually the primary key);
-    /// empty for plain bin-packing. The history table is never Z-ordered.
-    #[serde(default)]
-    pub zorder_by: Vec<String>,
-    /// Vacuum: remove files no version younger than this needs (time travel
-    /// to older versions stops working).
-    #[serde(default = "default_retention_hours")]
-    pub vacuum_retention_hours: u64,
-    /// Delete log files a checkpoint made unnecessary, past the table's log retention.
-    #[serde(default = "default_true")]
-    pub cleanup_logs: bool,
-}
-
-fn default_every_commits() -> u64 {
-    100
-}
-fn default_every_minutes() -> u64 {
-    60
-}
-
-impl Default for MaintenanceSchedule {
-    fn default() -> Self {
-        let policy = MaintenancePolicy::default();
-        MaintenanceSchedule {
-            enabled: true,
-            every_commits: default_every_commits(),
-            every_minutes: default_every_minutes(),
-            optimize_min_files: policy.optimize_min_files,
-            zorder_by: policy.zorder_by,
-            vacuum_retention_hours: policy.vacuum_retention_hours,
-            cleanup_logs: policy.cleanup_logs,
-        }
-    }
-}
-
-impl MaintenanceSchedule {
-    pub fn policy(&self) -> MaintenancePolicy {
-        MaintenancePolicy {
-            optimize_min_files: self.optimize_min_files,
-            zorder_by: self.zorder_by.clone(),
-            vacuum_retention_hours: self.vacuum_retention_hours,
-            cleanup_logs: self.cleanup_logs,
-        }
-    }
-}
-
 /// Which tables are due, per the schedule: commits and time since each
 /// table was last maintained (or first written by this sink).
 #[derive(Debug, Default)]
@@ -207,7 +166,7 @@ pub(super) struct Due {
 
 impl Due {
     /// Counts a batch's commit to `table`; true when it is due now.
-    pub(super) fn committed(&mut self, schedule: &MaintenanceSchedule, table: &str) -> bool {
+    pub(super) fn committed(&mut self, schedule: &MaintenancePolicy, table: &str) -> bool {
         let (commits, since) = self.tables.entry(table.to_owned()).or_insert((0, Instant::now()));
         *commits += 1;
         schedule.enabled

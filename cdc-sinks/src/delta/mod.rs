@@ -154,7 +154,7 @@ pub struct DeltaSink {
     tables: HashMap<String, TableState>,
     history: Option<TableState>,
     meter: Meter,
-    maintenance: Option<maintenance::MaintenanceSchedule>,
+    maintenance: Option<maintenance::MaintenancePolicy>,
     due: maintenance::Due,
 }
 
@@ -220,11 +220,12 @@ impl DeltaSink {
         }
     }
 
-    /// Maintains the tables this sink writes on `schedule`, right after a
-    /// batch's commits and before the next batch's (never racing them).
-    /// Its time is the `maintenance` stage of the batch it follows.
-    pub fn with_maintenance(mut self, schedule: maintenance::MaintenanceSchedule) -> DeltaSink {
-        self.maintenance = Some(schedule);
+    /// Maintains the tables this sink writes on the policy's schedule,
+    /// right after a batch's commits and before the next batch's (never
+    /// racing them). Its time is the `maintenance` stage of the batch it
+    /// follows.
+    pub fn with_maintenance(mut self, policy: maintenance::MaintenancePolicy) -> DeltaSink {
+        self.maintenance = Some(policy);
         self
     }
 
@@ -232,15 +233,14 @@ impl DeltaSink {
     /// schedule says are due. A failure is logged and retried at the next
     /// batch: the batch's data is committed whatever happens here.
     async fn maintain_due(&mut self, written: impl Iterator<Item = String>) {
-        let Some(schedule) = &self.maintenance else { return };
-        let due: Vec<String> = written.filter(|table| self.due.committed(schedule, table)).collect();
+        let Some(policy) = &self.maintenance else { return };
+        let due: Vec<String> = written.filter(|table| self.due.committed(policy, table)).collect();
         if due.is_empty() {
             return;
         }
         let started = Instant::now();
-        let policy = schedule.policy();
         for table in due {
-            match maintenance::maintain(&self.config, &table, &policy).await {
+            match maintenance::maintain(&self.config, &table, policy).await {
                 Ok(report) => {
                     tracing::info!(
                         table,

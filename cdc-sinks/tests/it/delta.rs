@@ -390,7 +390,7 @@ async fn maintenance_keeps_the_tables_readable() {
         optimize_min_files: 2,
         zorder_by: vec!["id".into()],
         vacuum_retention_hours: 0,
-        cleanup_logs: true,
+        ..Default::default()
     };
     let reports = cdc_sinks::delta::maintenance::run(&config, &policy).await.unwrap();
     let (_, customers_report) = reports.iter().find(|(n, _)| n == "customers").unwrap();
@@ -725,16 +725,12 @@ async fn unique_and_unfiltered_columns_skip_dictionaries_and_statistics() {
 /// sink resumes where the last batch left off.
 #[tokio::test]
 async fn scheduled_maintenance_runs_between_batches() {
-    use cdc_sinks::delta::maintenance::MaintenanceSchedule;
+    use cdc_sinks::delta::maintenance::MaintenancePolicy;
     let dir = tempfile::tempdir().unwrap();
     let config = config(&dir);
     let records = fixture_records("schemas");
-    let schedule = MaintenanceSchedule {
-        every_commits: 3,
-        optimize_min_files: 2,
-        vacuum_retention_hours: 0,
-        ..Default::default()
-    };
+    let schedule =
+        MaintenancePolicy { every_commits: 3, optimize_min_files: 2, vacuum_retention_hours: 0, ..Default::default() };
     let mut sink = DeltaSink::new(config.clone()).with_maintenance(schedule);
     let all = batches(&records, 9);
     let dead = apply_with_dead_letters(&mut sink, &all).await;
