@@ -176,6 +176,23 @@ pub async fn inspect(config: &KafkaConfig, wait: Duration) -> Result<ClusterView
     .map_err(|e| Error::Sink { sink: "kafka".into(), message: e.to_string(), retriable: false })?
 }
 
+/// A sink offset at or beyond its partition's end (`end`, the high
+/// watermark) was stored for another incarnation of the topic (recreated, or
+/// a new Kafka cluster such as a fresh docker-compose stack): resuming would
+/// silently skip every record up to it. The error says so and what to do.
+pub fn beyond_partition_end(topic: &str, partition: i32, offset: i64, end: i64) -> Option<Error> {
+    (offset >= end).then(|| Error::Sink {
+        sink: "kafka".into(),
+        message: format!(
+            "{topic}[{partition}]: the sinks hold offset {offset} but the partition ends at {end}: the topic \
+             was recreated or this is another Kafka cluster, and resuming would skip every record up to \
+             {offset}. Start over with a new consumer name (delta.consumer, target.consumer, \
+             datalake.consumer) and fresh tables, or delete this consumer's offsets from the sinks"
+        ),
+        retriable: false,
+    })
+}
+
 pub(crate) fn kafka_error(error: rdkafka::error::KafkaError) -> Error {
     Error::Unavailable { sink: "kafka".into(), message: error.to_string() }
 }
@@ -634,8 +651,7 @@ impl KafkaSource {
         let beyond = tokio::task::spawn_blocking(move || {
             checks.into_iter().find_map(|(topic, partition, offset)| {
                 match consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10)) {
-                    Ok((_, end)) if offset >= end => Some((topic, partition, offset, end)),
-                    Ok(_) => None,
+                    Ok((_, end)) => beyond_partition_end(&topic, partition, offset, end),
                     Err(error) => {
                         tracing::warn!(topic, partition, %error, "reading the partition's end failed");
                         None
@@ -645,19 +661,7 @@ impl KafkaSource {
         })
         .await
         .map_err(|e| Error::Sink { sink: "kafka".into(), message: e.to_string(), retriable: false })?;
-        match beyond {
-            None => Ok(()),
-            Some((topic, partition, offset, end)) => Err(Error::Sink {
-                sink: "kafka".into(),
-                message: format!(
-                    "{topic}[{partition}]: the sinks hold offset {offset} but the partition ends at {end}: the topic \
-                     was recreated or this is another Kafka cluster, and resuming would skip every record up to \
-                     {offset}. Start over with a new consumer name (delta.consumer, target.consumer, \
-                     datalake.consumer) and fresh tables, or delete this consumer's offsets from the sinks"
-                ),
-                retriable: false,
-            }),
-        }
+        beyond.map_or(Ok(()), Err)
     }
 
     fn log_progress(&self, pipeline: &Pipeline, rate: f64) {

@@ -199,16 +199,9 @@ async fn stored_offsets(config: &Config, view: &ClusterView) -> Finding {
     for (topic, partition, offset) in resume.iter() {
         let end = view.selected.get(topic).and_then(|ends| ends.get(usize::try_from(partition).ok()?));
         if let Some(&end) = end {
-            if offset >= end {
-                return finding(
-                    "stored offsets",
-                    false,
-                    format!(
-                        "{topic}[{partition}]: the sinks hold offset {offset} but the partition ends at {end} \
-                         (Kafka was reset or the topic recreated). Fix: start the sinks over, or give the pipeline \
-                         a new name (delta.consumer, target.consumer, datalake.consumer)"
-                    ),
-                );
+            // The consumer's own rule and words (it refuses to start on this).
+            if let Some(error) = kafka::beyond_partition_end(topic, partition, offset, end) {
+                return finding("stored offsets", false, error.to_string());
             }
             held += 1;
         }

@@ -1,8 +1,9 @@
 //! Table maintenance: compaction (optionally Z-ordered by the primary key),
 //! checkpoints, log cleanup and vacuum: once by hand ([`run`],
 //! `examples/maintain.rs`), or on the policy's schedule inside the Delta
-//! sink ([`DeltaSink::with_maintenance`](super::DeltaSink::with_maintenance)), between its batches, so it never races the sink's own commits (a
-//! commit of another writer that races it is retried by delta-rs).
+//! sink ([`DeltaSink::with_maintenance`](super::DeltaSink::with_maintenance)),
+//! between its batches, so it never races the sink's own commits (a commit
+//! of another writer that races it is retried by delta-rs).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
