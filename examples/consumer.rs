@@ -213,7 +213,7 @@ async fn run_demo(mut config: Config, demo_root: &str) -> anyhow::Result<()> {
     }
     println!("  total by op: {:?}", op_counts(pipeline.stats()));
     println!("\nDelta tables under {}:", delta_config.root);
-    for table in time_travel::list_tables(&delta_config)? {
+    for table in time_travel::list_tables(&delta_config).await? {
         let history = time_travel::history(&delta_config, &table).await?;
         println!("  {table:<14} version {:>4} ({} commits)", history[0].version, history.len());
     }
@@ -383,6 +383,79 @@ mod tests {
         assert!(failed[1].starts_with("target "), "{findings:#?}");
         assert!(failed[2].starts_with("delta root"), "{findings:#?}");
         assert!(findings.iter().all(|f| !f.to_string().contains("password")), "{findings:#?}");
+    }
+
+    /// Security settings reach librdkafka (from the file, from secret files
+    /// and from `CDC_KAFKA_*`), and `--check` names a TLS or an
+    /// authentication failure plainly, never showing the secret; an S3 root
+    /// is probed with a write.
+    #[tokio::test]
+    async fn the_check_names_tls_and_authentication_failures() {
+        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+        cluster.create_topic("cdc.public.customers", 1, 1).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("kafka-password");
+        std::fs::write(&secret, "hunter2-secret\n").unwrap();
+        let mut config = Config::default();
+        config.kafka.brokers = cluster.bootstrap_servers();
+        config.target.enabled = false;
+        config.datalake.enabled = false;
+        config.delta.enabled = false;
+
+        // TLS to a broker that speaks plaintext: the handshake fails, and says so.
+        config.kafka.properties.insert("security.protocol".into(), "SSL".into());
+        let findings = check::run(&config, Duration::from_secs(3)).await;
+        let kafka = findings.iter().find(|f| f.subject.starts_with("kafka")).unwrap();
+        assert!(!kafka.ok && kafka.detail.contains("SSL"), "{findings:#?}");
+
+        // SASL with the password from a file: the broker does not take it.
+        config.kafka.properties.insert("security.protocol".into(), "SASL_PLAINTEXT".into());
+        config.kafka.properties.insert("sasl.mechanisms".into(), "SCRAM-SHA-512".into());
+        config.kafka.properties.insert("sasl.username".into(), "cdc".into());
+        config.kafka.property_files.insert("sasl.password".into(), secret.clone());
+        let findings = check::run(&config, Duration::from_secs(3)).await;
+        let kafka = findings.iter().find(|f| f.subject.starts_with("kafka")).unwrap();
+        assert!(!kafka.ok && kafka.detail.contains("SASL"), "{findings:#?}");
+        let shown = format!("{findings:?} {:?}", config.kafka);
+        assert!(!shown.contains("hunter2"), "{shown}");
+        config.kafka.property_files.insert("sasl.password".into(), dir.path().join("missing"));
+        let findings = check::run(&config, Duration::from_secs(3)).await;
+        let kafka = findings.iter().find(|f| f.subject.starts_with("kafka")).unwrap();
+        assert!(
+            !kafka.ok && kafka.detail.contains("sasl.password") && kafka.detail.contains("missing"),
+            "{findings:#?}"
+        );
+
+        // An S3 root takes a probe write; a wrong endpoint is named.
+        let endpoint = std::env::var("CDC_TEST_S3_ENDPOINT").expect("CDC_TEST_S3_ENDPOINT (scripts/test.sh sets it)");
+        let mut config = Config::default();
+        config.kafka.brokers = cluster.bootstrap_servers();
+        config.target.enabled = false;
+        config.datalake.enabled = false;
+        config.delta.settings.root = format!("s3://cdc-test/check-{}", std::process::id());
+        config.delta.settings.storage_options = [
+            ("AWS_ENDPOINT_URL", endpoint.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let key_file = dir.path().join("s3-secret");
+        std::fs::write(&key_file, "s3-secret-value\n").unwrap();
+        config.delta.settings.storage_option_files.insert("AWS_SECRET_ACCESS_KEY".into(), key_file);
+        let findings = check::run(&config, Duration::from_secs(3)).await;
+        let root = findings.iter().find(|f| f.subject.starts_with("delta root")).unwrap();
+        assert!(root.ok && root.detail.contains("writable, 0 tables"), "{findings:#?}");
+        // (No Kafka: the offsets check would wait for the root too.)
+        config.kafka.brokers = "127.0.0.1:1".into();
+        config.delta.settings.storage_options.insert("AWS_ENDPOINT_URL".into(), "http://127.0.0.1:1".into());
+        config.delta.settings.storage_options.insert("max_retries".into(), "0".into());
+        let findings = check::run(&config, Duration::from_secs(3)).await;
+        let root = findings.iter().find(|f| f.subject.starts_with("delta root")).unwrap();
+        assert!(!root.ok, "{findings:#?}");
+        assert!(!format!("{findings:?} {:?}", config.delta.settings).contains("s3-secret-value"), "{findings:#?}");
     }
 
     #[test]

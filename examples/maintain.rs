@@ -6,16 +6,25 @@
 //! ```sh
 //! cargo run --example maintain -- --root ./deltalake --zorder-by id --vacuum-hours 168
 //! ```
-use cdc_lakehouse::sinks::DeltaConfig;
 use cdc_lakehouse::sinks::delta::maintenance::{self, MaintenancePolicy};
 use clap::Parser;
+use config::delta_config;
+
+// The consumer's configuration; only its [delta] section is read here.
+#[allow(dead_code)]
+mod config;
 
 /// Compact, checkpoint and vacuum the Delta tables.
 #[derive(Parser)]
 struct Args {
-    /// Root of the Delta tables (a path or an object-store URL).
-    #[arg(long, env = "CDC_DELTA_ROOT", default_value = "./deltalake")]
-    root: String,
+    /// The consumer's configuration file, for its `[delta]` root and
+    /// storage options (object-store credentials and endpoint).
+    #[arg(long, env = "CDC_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// Root of the Delta tables (a path or an object-store URL), instead of
+    /// the configuration's (`CDC_DELTA_ROOT`, `./deltalake` by default).
+    #[arg(long)]
+    root: Option<String>,
     /// Compact a table once it has at least this many files.
     #[arg(long, default_value_t = 2)]
     min_files: usize,
@@ -30,7 +39,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config = DeltaConfig::new(&args.root);
+    let config = delta_config(args.config.as_deref(), args.root.as_deref())?;
     let policy = MaintenancePolicy {
         optimize_min_files: args.min_files,
         zorder_by: args.zorder_by,

@@ -12,19 +12,28 @@
 //! cargo run --example query -- --tables
 //! ```
 use anyhow::Context;
-use cdc_lakehouse::sinks::DeltaConfig;
 use cdc_lakehouse::sinks::delta::deltalake::arrow::util::pretty::pretty_format_batches;
 use cdc_lakehouse::sinks::delta::time_travel::{self, AsOf};
 use clap::Parser;
+use config::delta_config;
+
+// The consumer's configuration; only its [delta] section is read here.
+#[allow(dead_code)]
+mod config;
 
 /// Query the Delta tables written by the consumer.
 #[derive(Parser)]
 struct Args {
     /// SQL to run; every table under the root is registered by its name.
     sql: Option<String>,
-    /// Root of the Delta tables (a path or an object-store URL).
-    #[arg(long, env = "CDC_DELTA_ROOT", default_value = "./deltalake")]
-    root: String,
+    /// The consumer's configuration file, for its `[delta]` root and
+    /// storage options (object-store credentials and endpoint).
+    #[arg(long, env = "CDC_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// Root of the Delta tables (a path or an object-store URL), instead of
+    /// the configuration's (`CDC_DELTA_ROOT`, `./deltalake` by default).
+    #[arg(long)]
+    root: Option<String>,
     /// Read every table as of this version.
     #[arg(long, conflicts_with = "timestamp")]
     version: Option<u64>,
@@ -42,9 +51,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config = DeltaConfig::new(&args.root);
+    let config = delta_config(args.config.as_deref(), args.root.as_deref())?;
     if args.tables {
-        for name in time_travel::list_tables(&config)? {
+        for name in time_travel::list_tables(&config).await? {
             println!("{name}");
         }
         return Ok(());

@@ -6,8 +6,8 @@
 python_env() {
     local venv=$root/.venv
     local wanted=$root/notebooks/requirements.txt
-    # The notebook run headless, the chaos suite's Kafka reader.
-    local test_packages="nbclient nbformat ipykernel confluent-kafka"
+    # The notebook run headless, the chaos suite's Kafka reader, the S3 test server.
+    local test_packages="nbclient nbformat ipykernel confluent-kafka moto[server]"
     if [ ! -x "$venv/bin/python" ] && ! python3 -m venv "$venv" >/dev/null 2>&1; then
         rm -rf "$venv"
         # Debian keeps ensurepip in a package of its own.

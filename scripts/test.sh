@@ -2,8 +2,9 @@
 # Runs every test of the workspace on a fresh machine (the README's test command):
 # installs what is missing (Debian's PostgreSQL, docker-compose and JDK, needing
 # root for apt; the Python packages into .venv), starts a throwaway PostgreSQL cluster with wal_level=logical
-# on a free port, exports its URL to the tests as CDC_TEST_PG_URL, checks
-# formatting and lints, runs the tests, then the local end-to-end run with real
+# on a free port and a local S3-protocol server (moto), exports their URLs to
+# the tests as CDC_TEST_PG_URL and CDC_TEST_S3_ENDPOINT, checks formatting and
+# lints, runs the tests, the Delta suite again on s3:// roots, then the local end-to-end run with real
 # Debezium (scripts/e2e-local.sh), the notebook against the demo's tables
 # (scripts/notebook-check.sh) and the short chaos suite (scripts/chaos.sh), and
 # stops the cluster.
@@ -29,14 +30,23 @@ apt_install() {
 # the JDK runs real Debezium (scripts/e2e-local.sh).
 command -v docker-compose >/dev/null || apt_install docker-compose
 command -v javac >/dev/null || apt_install openjdk-17-jdk-headless
+# librdkafka links the system's OpenSSL (TLS and SASL to Kafka).
+pkg-config --exists openssl 2>/dev/null || apt_install libssl-dev pkg-config
 
 pg_dir=$(mktemp -d /tmp/cdc-test-pg.XXXXXX)
 chmod 755 "$pg_dir"
-cleanup() { "$root/scripts/pg-cluster.sh" stop "$pg_dir"; rm -rf "$pg_dir"; }
+cleanup() {
+    "$root/scripts/s3-server.sh" stop "$pg_dir"
+    "$root/scripts/pg-cluster.sh" stop "$pg_dir"
+    rm -rf "$pg_dir"
+}
 trap cleanup EXIT
 CDC_TEST_PG_URL=$("$root/scripts/pg-cluster.sh" start "$pg_dir")
 export CDC_TEST_PG_URL
 echo "test PostgreSQL: $CDC_TEST_PG_URL (wal_level=logical)"
+CDC_TEST_S3_ENDPOINT=$("$root/scripts/s3-server.sh" start "$pg_dir")
+export CDC_TEST_S3_ENDPOINT
+echo "test S3 server: $CDC_TEST_S3_ENDPOINT (bucket cdc-test)"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
@@ -47,6 +57,16 @@ if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --all-features --locked --no-fail-fast "$@"
 else
     cargo test --workspace --all-features --locked --no-fail-fast "$@"
+fi
+
+# The Delta sink's suite once more, its tables on the S3 server.
+if [ $# -eq 0 ]; then
+    delta_suite=(-p cdc-sinks --all-features --locked --test it)
+    if cargo nextest --version >/dev/null 2>&1; then
+        CDC_TEST_DELTA_STORE=s3 cargo nextest run "${delta_suite[@]}" --no-fail-fast -E 'test(/^(delta::|pk_change::delta_)/)'
+    else
+        CDC_TEST_DELTA_STORE=s3 cargo test "${delta_suite[@]}" --no-fail-fast -- delta:: pk_change::delta_
+    fi
 fi
 
 # The whole deployment as local processes, with real Debezium (skipped when

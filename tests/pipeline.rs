@@ -122,7 +122,7 @@ async fn target_state(url: &str) -> BTreeMap<String, Vec<String>> {
 async fn delta_state(root: &str) -> BTreeMap<String, String> {
     let config = DeltaConfig::new(root);
     let mut state = BTreeMap::new();
-    for table in time_travel::list_tables(&config).unwrap() {
+    for table in time_travel::list_tables(&config).await.unwrap() {
         let sql = if table == "cdc_events" {
             // Ingest time differs between runs; the rest is the event.
             "SELECT topic, kafka_partition, kafka_offset, op, record_key, after, order_key FROM cdc_events ORDER BY 1, 2, 3".to_owned()

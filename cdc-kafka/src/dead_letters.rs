@@ -55,14 +55,14 @@ struct TopicLetters {
 impl KafkaDeadLetters {
     pub fn new(config: &KafkaConfig, suffix: impl Into<String>) -> Result<KafkaDeadLetters> {
         let producer: FutureProducer = config
-            .client()
+            .client()?
             .set("message.timeout.ms", "30000")
             // Internal retries of a send must not store a letter twice either.
             .set("enable.idempotence", "true")
             .create()
             .map_err(kafka_error)?;
         let reader: BaseConsumer = config
-            .client()
+            .client()?
             .set("group.id", format!("{}.dead-letter-reader", config.group_id))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")

@@ -48,8 +48,10 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use serde::{Deserialize, Serialize};
 
-/// Where and what to consume.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+/// Where and what to consume. `Debug` hides the values of secret
+/// properties (passwords, keys); serialization keeps them, as the
+/// configuration file holds them.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap servers.
@@ -69,6 +71,12 @@ pub struct KafkaConfig {
     /// Extra librdkafka settings (security, timeouts).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// librdkafka settings whose values are read from files, for secrets
+    /// (`sasl.password`, `ssl.key.password`) kept out of the configuration:
+    /// `{ "sasl.password" = "/run/secrets/kafka-password" }`. A trailing
+    /// newline is not part of the value.
+    #[serde(default)]
+    pub property_files: BTreeMap<String, std::path::PathBuf>,
     /// Serve Prometheus metrics on this address (`0.0.0.0:9464`); unset: off.
     #[serde(default)]
     pub metrics_listen: Option<String>,
@@ -91,6 +99,33 @@ fn default_shutdown_timeout() -> u64 {
     30
 }
 
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(key, value)| (key.as_str(), if is_secret(key) { "***" } else { value.as_str() }))
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("group_id", &self.group_id)
+            .field("topics", &self.topics)
+            .field("dlq_suffix", &self.dlq_suffix)
+            .field("progress_secs", &self.progress_secs)
+            .field("properties", &properties)
+            .field("property_files", &self.property_files)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("shutdown_timeout_secs", &self.shutdown_timeout_secs)
+            .finish()
+    }
+}
+
+/// Whether a librdkafka property holds a secret (`sasl.password`,
+/// `ssl.key.password`, `ssl.key.pem`, `sasl.oauthbearer.client.secret`, ...).
+pub fn is_secret(property: &str) -> bool {
+    ["password", "secret", "key.pem", "jaas", "oauthbearer.config"].iter().any(|word| property.contains(word))
+}
+
 impl KafkaConfig {
     pub fn new(brokers: impl Into<String>, group_id: impl Into<String>) -> KafkaConfig {
         KafkaConfig {
@@ -100,6 +135,7 @@ impl KafkaConfig {
             dlq_suffix: default_dlq_suffix(),
             progress_secs: default_progress(),
             properties: BTreeMap::new(),
+            property_files: BTreeMap::new(),
             metrics_listen: None,
             shutdown_timeout_secs: default_shutdown_timeout(),
         }
@@ -129,15 +165,41 @@ impl KafkaConfig {
         Ok(topics.into_iter().collect())
     }
 
-    fn client(&self) -> ClientConfig {
+    fn client(&self) -> Result<ClientConfig> {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
         for (key, value) in &self.properties {
             config.set(key, value);
         }
-        config
+        for (key, path) in &self.property_files {
+            let value = std::fs::read_to_string(path).map_err(|e| Error::Sink {
+                sink: "kafka".into(),
+                message: format!("reading kafka.property_files.{key:?} ({}): {e}", path.display()),
+                retriable: false,
+            })?;
+            config.set(key, value.trim_end_matches(['\n', '\r']));
+        }
+        Ok(config)
     }
 }
+
+/// Keeps the distinct reasons of librdkafka's error events (the first few),
+/// which name what a request's own error does not: "SSL handshake failed",
+/// "SASL authentication error".
+#[derive(Default)]
+struct ErrorReasons(Mutex<Vec<String>>);
+
+impl ClientContext for ErrorReasons {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!(%error, reason, "librdkafka error event");
+        let mut reasons = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if reasons.len() < 3 && !reasons.iter().any(|r| r == reason) {
+            reasons.push(reason.to_owned());
+        }
+    }
+}
+
+impl ConsumerContext for ErrorReasons {}
 
 /// What the brokers say, for a configuration check (`consumer --check`).
 #[derive(Debug, Clone, PartialEq)]
@@ -155,10 +217,25 @@ pub struct ClusterView {
 /// of each selected partition. Fails when they cannot be reached in `wait`,
 /// with librdkafka's reason (TLS, authentication, resolution, refusal).
 pub async fn inspect(config: &KafkaConfig, wait: Duration) -> Result<ClusterView> {
-    let consumer: rdkafka::consumer::BaseConsumer = config.client().create().map_err(kafka_error)?;
+    let consumer: BaseConsumer<ErrorReasons> =
+        config.client()?.create_with_context(ErrorReasons::default()).map_err(kafka_error)?;
     let config = config.clone();
     tokio::task::spawn_blocking(move || {
-        let metadata = consumer.fetch_metadata(None, wait).map_err(kafka_error)?;
+        let metadata = consumer.fetch_metadata(None, wait).map_err(|error| {
+            // The request's error says only "transport failure"; the reason
+            // (an SSL handshake, SASL authentication) came in an error
+            // event, which a poll delivers.
+            for _ in 0..5 {
+                let _ = consumer.poll(Duration::from_millis(20));
+            }
+            let reasons = consumer.context().0.lock().unwrap_or_else(PoisonError::into_inner).join("; ");
+            match kafka_error(error) {
+                Error::Unavailable { sink, message } if !reasons.is_empty() => {
+                    Error::Unavailable { sink, message: format!("{message}: {reasons}") }
+                }
+                other => other,
+            }
+        })?;
         let existing: Vec<String> = metadata.topics().iter().map(|t| t.name().to_owned()).collect();
         let mut selected = BTreeMap::new();
         for topic in config.resolve_topics(&existing)? {
@@ -335,7 +412,7 @@ impl KafkaSource {
     pub async fn new(config: &KafkaConfig, pipeline: &mut Pipeline) -> Result<KafkaSource> {
         let resume = pipeline.resume_offsets().await?;
         let shared = Arc::new(Mutex::new(Shared { resume, ..Shared::default() }));
-        let mut client = config.client();
+        let mut client = config.client()?;
         if !config.properties.contains_key("partition.assignment.strategy") {
             // Debezium writes one topic per table, often of one partition: the
             // default range assignor would give every such topic to one member.

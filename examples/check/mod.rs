@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use cdc_lakehouse::core::pipeline::MemoryDeadLetters;
 use cdc_lakehouse::kafka::{self, ClusterView};
-use cdc_lakehouse::sinks::PgUrl;
+use cdc_lakehouse::sinks::delta::time_travel;
+use cdc_lakehouse::sinks::{DeltaConfig, PgConnectionConfig};
 
 use crate::config::Config;
 
@@ -54,14 +55,14 @@ pub async fn run(config: &Config, wait: Duration) -> Vec<Finding> {
     };
     for (name, toggle) in [("target", &config.target), ("datalake", &config.datalake)] {
         if toggle.enabled {
-            findings.push(postgres(name, &toggle.settings.url, true).await);
+            findings.push(postgres(name, &toggle.settings, true).await);
         }
     }
-    if let Some(url) = &config.source.schema_url {
-        findings.push(postgres("source catalog", url, false).await);
+    if let Some(connection) = config.source.catalog_connection() {
+        findings.push(postgres("source catalog", &connection, false).await);
     }
     if config.delta.enabled {
-        findings.push(delta_root(&config.delta.settings.root));
+        findings.push(delta_root(&config.delta.settings).await);
     }
     if let Some(view) = &view {
         findings.push(stored_offsets(config, view).await);
@@ -72,8 +73,8 @@ pub async fn run(config: &Config, wait: Duration) -> Vec<Finding> {
 fn describe(config: &Config) -> String {
     let sinks: Vec<String> = [
         config.delta.enabled.then(|| format!("delta {}", config.delta.settings.root)),
-        config.target.enabled.then(|| format!("target {}", config.target.settings.url)),
-        config.datalake.enabled.then(|| format!("datalake {}", config.datalake.settings.url)),
+        config.target.enabled.then(|| format!("target {}", config.target.settings.describe())),
+        config.datalake.enabled.then(|| format!("datalake {}", config.datalake.settings.describe())),
     ]
     .into_iter()
     .flatten()
@@ -125,23 +126,17 @@ fn topics_finding(config: &Config, view: &ClusterView) -> Finding {
 
 /// Connects; a sink's database must let its user create schemas and tables
 /// (unless the sink's `cdc_meta` schema is there already).
-async fn postgres(name: &str, url: &PgUrl, writes: bool) -> Finding {
-    let subject = format!("{name} {url}");
-    let connected =
-        tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(url.expose(), tokio_postgres::NoTls))
-            .await;
+async fn postgres(name: &str, connection: &PgConnectionConfig, writes: bool) -> Finding {
+    let subject = format!("{name} {}", connection.describe());
+    let connected = tokio::time::timeout(Duration::from_secs(10), connection.connect("cdc-check")).await;
     let client = match connected {
-        Ok(Ok((client, connection))) => {
-            tokio::spawn(connection);
-            client
-        }
+        Ok(Ok(client)) => client,
+        // The message names the cause: refused, authentication, TLS (which certificate check failed).
         Ok(Err(error)) => {
-            // `{:#}` adds the cause (refused, authentication, TLS): the error's own text does not.
-            let error = anyhow::Error::from(error);
             return finding(
                 subject,
                 false,
-                format!("cannot connect: {error:#}. Fix the URL, the server or pg_hba.conf"),
+                format!("cannot connect: {error}. Fix the URL (sslmode, sslrootcert), the server or pg_hba.conf"),
             );
         }
         Err(_) => return finding(subject, false, "no answer in 10 s. Fix the host and port"),
@@ -166,20 +161,20 @@ async fn postgres(name: &str, url: &PgUrl, writes: bool) -> Finding {
     }
 }
 
-/// A local root must be a directory this process can write; an object-store
-/// root is reached by the sink itself.
-fn delta_root(root: &str) -> Finding {
-    let subject = format!("delta root {root}");
-    let local = root.strip_prefix("file://").unwrap_or(root);
-    if local.contains("://") {
-        return finding(subject, true, "an object store: reached by the sink at start-up, not checked here");
-    }
-    let probe = std::path::Path::new(local).join(format!(".cdc-check-{}", std::process::id()));
-    let written = std::fs::create_dir_all(local).and_then(|()| std::fs::write(&probe, b"check"));
-    let _ = std::fs::remove_file(&probe);
-    match written {
-        Ok(()) => finding(subject, true, "writable"),
-        Err(error) => finding(subject, false, format!("not writable: {error}. Fix delta.root (CDC_DELTA_ROOT)")),
+/// The root must take a write (a local folder or an object store alike):
+/// a probe object is written and deleted, and the tables are listed.
+async fn delta_root(config: &DeltaConfig) -> Finding {
+    let subject = format!("delta root {}", config.root);
+    match tokio::time::timeout(Duration::from_secs(30), time_travel::probe_root(config)).await {
+        Ok(Ok(tables)) => finding(subject, true, format!("writable, {tables} tables")),
+        Ok(Err(error)) => finding(
+            subject,
+            false,
+            format!(
+                "not writable: {error}. Fix delta.root (CDC_DELTA_ROOT) or delta.storage_options (credentials, endpoint)"
+            ),
+        ),
+        Err(_) => finding(subject, false, "no answer in 30 s. Fix the endpoint in delta.storage_options"),
     }
 }
 

@@ -43,6 +43,12 @@ pub struct SourceConfig {
     /// The source database, read (catalog only) for the column types of
     /// schemaless records. Without it such records are dead-lettered.
     pub schema_url: Option<PgUrl>,
+    /// A file holding `schema_url` instead (a mounted secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_url_file: Option<std::path::PathBuf>,
+    /// A file holding the source database's password, so the URL needs none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_password_file: Option<std::path::PathBuf>,
     /// The connector's `decimal.handling.mode`, `time.precision.mode`,
     /// `interval.handling.mode` and `binary.handling.mode` (snake_case
     /// values), which decide how each type is encoded.
@@ -72,6 +78,20 @@ pub struct Toggle<T> {
 
 fn yes() -> bool {
     true
+}
+
+impl SourceConfig {
+    /// The source catalog's connection, if one is configured.
+    pub fn catalog_connection(&self) -> Option<PgConnectionConfig> {
+        if self.schema_url.is_none() && self.schema_url_file.is_none() {
+            return None;
+        }
+        let url = self.schema_url.as_ref().map(|url| url.expose().to_owned()).unwrap_or_default();
+        let mut connection = PgConnectionConfig::new(url);
+        connection.url_file.clone_from(&self.schema_url_file);
+        connection.password_file.clone_from(&self.schema_password_file);
+        Some(connection)
+    }
 }
 
 impl Default for Config {
@@ -129,6 +149,30 @@ impl Config {
         if let Some(v) = env("CDC_SOURCE_SCHEMA_URL") {
             config.source.schema_url = Some(PgUrl::new(v));
         }
+        // Secrets from files (mounted secrets), never inline.
+        for (prefix, connection) in
+            [("CDC_TARGET", &mut config.target.settings), ("CDC_DATALAKE", &mut config.datalake.settings)]
+        {
+            if let Some(v) = env(&format!("{prefix}_URL_FILE")) {
+                connection.url_file = Some(v.into());
+            }
+            if let Some(v) = env(&format!("{prefix}_PASSWORD_FILE")) {
+                connection.password_file = Some(v.into());
+            }
+        }
+        if let Some(v) = env("CDC_SOURCE_SCHEMA_URL_FILE") {
+            config.source.schema_url_file = Some(v.into());
+        }
+        if let Some(v) = env("CDC_SOURCE_SCHEMA_PASSWORD_FILE") {
+            config.source.schema_password_file = Some(v.into());
+        }
+        // CDC_KAFKA_SASL_PASSWORD=... sets the librdkafka property
+        // sasl.password: any property, from the environment.
+        for (name, value) in std::env::vars() {
+            if let Some(property) = name.strip_prefix("CDC_KAFKA_").filter(|_| !value.is_empty()) {
+                config.kafka.properties.insert(property.to_ascii_lowercase().replace('_', "."), value);
+            }
+        }
         for (name, toggle) in [
             ("CDC_DELTA", &mut config.delta.enabled),
             ("CDC_TARGET", &mut config.target.enabled),
@@ -162,8 +206,7 @@ impl Config {
             .with_retry(self.retry.clone())
             .with_on_error(self.on_error)
             .with_rename_detection(self.source.rename_detection);
-        if let Some(url) = &self.source.schema_url {
-            let connection = PgConnectionConfig::new(url.expose());
+        if let Some(connection) = self.source.catalog_connection() {
             pipeline = pipeline.with_catalog(Box::new(PgSourceCatalog::new(connection, self.source.modes.clone())));
         }
         pipeline
@@ -198,4 +241,16 @@ fn lay_over(defaults: &mut toml::Table, file: toml::Table) {
             }
         }
     }
+}
+
+/// The Delta settings of the configuration at `path` (or of the defaults
+/// and `CDC_*` variables), with `root` instead of its root if given: the
+/// tables the consumer writes, for the tools that read or maintain them.
+#[allow(dead_code)] // query and maintain; the consumer and replay load the whole configuration
+pub fn delta_config(path: Option<&std::path::Path>, root: Option<&str>) -> anyhow::Result<DeltaConfig> {
+    let mut delta = Config::load(path)?.delta.settings;
+    if let Some(root) = root {
+        delta.root = root.to_owned();
+    }
+    Ok(delta)
 }

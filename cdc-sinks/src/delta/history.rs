@@ -55,10 +55,16 @@ pub(super) async fn append(config: &DeltaConfig, slot: &mut Option<TableState>, 
             Some(config.checkpoint_interval.to_string()),
         )]);
     }
+    let read = state.table.version();
     match builder.await {
-        Ok(table) => {
+        Ok(table) if super::cache_still_valid(read, table.version()) => {
             state.table = table;
             state.held = cumulative;
+            Ok(())
+        }
+        // Another writer committed in between: read the offsets again.
+        Ok(_) => {
+            *slot = None;
             Ok(())
         }
         Err(e) => {

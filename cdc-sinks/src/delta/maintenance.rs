@@ -133,7 +133,7 @@ pub async fn cleanup_logs(config: &DeltaConfig, name: &str) -> Result<Maintenanc
 /// piled up, a checkpoint after it, log cleanup, vacuum of old files.
 pub async fn run(config: &DeltaConfig, policy: &MaintenancePolicy) -> Result<Vec<(String, MaintenanceReport)>> {
     let mut reports = Vec::new();
-    for name in time_travel::list_tables(config)? {
+    for name in time_travel::list_tables(config).await? {
         reports.push((name.clone(), maintain(config, &name, policy).await?));
     }
     Ok(reports)

@@ -57,7 +57,10 @@ const CLUSTER_METADATA: &str = "cdc.kafka_cluster";
 const TABLES_METADATA: &str = "cdc.tables";
 
 /// Where and how the Delta tables are written.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+///
+/// `Debug` hides the values of secret storage options; serialization keeps
+/// them, as the configuration file holds them.
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DeltaConfig {
     /// Root of the tables: a local path or an object-store URL (`s3://`,
@@ -86,11 +89,49 @@ pub struct DeltaConfig {
     /// Storage options passed to deltalake (credentials, endpoints).
     #[serde(default)]
     pub storage_options: HashMap<String, String>,
+    /// Storage options whose values are read from files when a table is
+    /// opened, for secrets kept out of the configuration:
+    /// `{ AWS_SECRET_ACCESS_KEY = "/run/secrets/s3-secret" }`. A trailing
+    /// newline is not part of the value.
+    #[serde(default)]
+    pub storage_option_files: HashMap<String, std::path::PathBuf>,
     /// Give each MERGE the batch's key range as a target predicate (files
     /// outside it are neither read nor rewritten), and append batches that
     /// cannot touch existing rows. Turn off only to measure what it saves.
     #[serde(default = "default_true")]
     pub merge_pruning: bool,
+}
+
+impl std::fmt::Debug for DeltaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let options: std::collections::BTreeMap<&str, &str> = self
+            .storage_options
+            .iter()
+            .map(|(key, value)| (key.as_str(), if is_secret_option(key) { "***" } else { value.as_str() }))
+            .collect();
+        f.debug_struct("DeltaConfig")
+            .field("root", &self.root)
+            .field("table_name", &self.table_name)
+            .field("soft_delete", &self.soft_delete)
+            .field("history", &self.history)
+            .field("consumer", &self.consumer)
+            .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("max_attempts", &self.max_attempts)
+            .field("storage_options", &options)
+            .field("storage_option_files", &self.storage_option_files)
+            .field("merge_pruning", &self.merge_pruning)
+            .finish()
+    }
+}
+
+/// Whether a storage option holds a secret (`AWS_SECRET_ACCESS_KEY`,
+/// `AWS_SESSION_TOKEN`, `AZURE_STORAGE_ACCOUNT_KEY`, a SAS token, a service
+/// account key, ...).
+pub fn is_secret_option(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["secret", "token", "password", "account_key", "access_key", "sas", "service_account_key", "credential"]
+        .iter()
+        .any(|word| key.contains(word))
 }
 
 fn default_naming() -> String {
@@ -120,6 +161,7 @@ impl DeltaConfig {
             checkpoint_interval: default_checkpoint_interval(),
             max_attempts: default_attempts(),
             storage_options: HashMap::new(),
+            storage_option_files: HashMap::new(),
             merge_pruning: true,
         }
     }
@@ -133,6 +175,20 @@ impl DeltaConfig {
     pub fn table_url(&self, name: &str) -> Result<url::Url> {
         let root = self.root.trim_end_matches('/');
         deltalake::ensure_table_uri(format!("{root}/{name}")).map_err(|e| delta_error(&e))
+    }
+
+    /// The storage options with the files' values read in: what deltalake
+    /// is given. Read at each open, so a rotated secret is picked up.
+    pub fn resolved_storage_options(&self) -> Result<HashMap<String, String>> {
+        let mut options = self.storage_options.clone();
+        for (key, path) in &self.storage_option_files {
+            let value = std::fs::read_to_string(path).map_err(|e| Error::Unavailable {
+                sink: NAME.into(),
+                message: format!("reading delta.storage_option_files.{key} ({}): {e}", path.display()),
+            })?;
+            options.insert(key.clone(), value.trim_end_matches(['\n', '\r']).to_owned());
+        }
+        Ok(options)
     }
 
     fn app_id(&self, topic: &str, partition: i32) -> String {
@@ -177,6 +233,7 @@ impl Meter {
         mine.appends += theirs.appends;
         mine.files_rewritten += theirs.files_rewritten;
         mine.files_added += theirs.files_added;
+        mine.commit_retries += theirs.commit_retries;
     }
 }
 
@@ -191,6 +248,9 @@ pub struct ApplyStats {
     pub files_added: u64,
     /// Tables maintained on the schedule ([`DeltaSink::with_maintenance`]).
     pub maintenance_runs: u64,
+    /// Table commits tried again after another writer (a consumer of the
+    /// same group, maintenance) committed first or the store failed.
+    pub commit_retries: u64,
 }
 
 /// An open table and the offsets it durably holds.
@@ -316,13 +376,16 @@ async fn apply_table(
         if pending.is_empty() {
             return (Some(current), Ok(()));
         }
+        let read = current.table.version();
         match apply_events(config, name, &mut current, &pending, (&batch.offsets, history), meter).await {
-            Ok(()) => return (Some(current), Ok(())),
+            Ok(()) if cache_still_valid(read, current.table.version()) => return (Some(current), Ok(())),
+            Ok(()) => return (None, Ok(())),
             Err(error) if error.is_retriable() && attempt < config.max_attempts => {
                 // Another writer (or maintenance) committed first, or the
                 // store hiccuped: re-read the table, then retry what it
                 // does not hold yet.
                 tracing::warn!(table = name, %error, attempt, "retrying the Delta commit");
+                meter.counts.commit_retries += 1;
                 tokio::time::sleep(Duration::from_millis(100 << attempt.min(8))).await;
             }
             Err(error) => return (None, Err(error)),
@@ -330,9 +393,25 @@ async fn apply_table(
     }
 }
 
+/// Whether a table's cached state (offsets, truncate, schema) still
+/// describes the log after this sink's commits took it from version `read`
+/// to `now`. Not when another writer's commit landed in between: delta-rs
+/// rebases a commit that lost its version onto winners it does not conflict
+/// with, so their data enters the snapshot but their offsets never enter the
+/// cache, and the next batch would redo what they wrote (the history would
+/// hold it twice). One commit that moved the table by one version was
+/// alone; after several (a rewrite, a truncate) the state is read again too.
+fn cache_still_valid(read: Option<deltalake::kernel::Version>, now: Option<deltalake::kernel::Version>) -> bool {
+    match (read, now) {
+        (Some(read), Some(now)) => now <= read + 1,
+        (None, Some(now)) => now == 0,
+        (_, None) => true,
+    }
+}
+
 async fn open_state(config: &DeltaConfig, name: &str) -> Result<TableState> {
     let url = config.table_url(name)?;
-    let table = DeltaTable::try_from_url_with_storage_options(url, config.storage_options.clone())
+    let table = DeltaTable::try_from_url_with_storage_options(url, config.resolved_storage_options()?)
         .await
         .map_err(|e| delta_error(&e))?;
     let (held, truncated_below, tables_named, schema) = read_log_state(config, &table).await?;
@@ -875,10 +954,10 @@ impl Sink for DeltaSink {
     /// out (resume from the group's offset or the start): a crash between
     /// the history commit and a table's first commit of that partition
     /// must not hide the table's gap behind the history's offset. Tables
-    /// are found by listing a local root and, on any root, from the history
-    /// commits' `cdc.tables` lists.
+    /// are found by listing the root (local or object store) and from the
+    /// history commits' `cdc.tables` lists.
     async fn durable_offsets(&mut self) -> Result<Offsets> {
-        let mut names: BTreeSet<String> = time_travel::list_tables(&self.config)?.into_iter().collect();
+        let mut names: BTreeSet<String> = time_travel::list_tables(&self.config).await?.into_iter().collect();
         // Re-read every table: another consumer of the group may have advanced it.
         self.tables.clear();
         self.history = None;

@@ -6,7 +6,8 @@ use chrono::{DateTime, Utc};
 use deltalake::DeltaTable;
 use deltalake::arrow::array::RecordBatch;
 use deltalake::datafusion::prelude::SessionContext;
-use futures::TryStreamExt;
+use deltalake::logstore::object_store::ObjectStoreExt;
+use futures::{StreamExt, TryStreamExt};
 
 use super::{DeltaConfig, NAME, delta_error};
 
@@ -21,28 +22,73 @@ pub struct HistoryEntry {
     pub rows_affected: Option<i64>,
 }
 
-/// The tables under a local root (directories with a `_delta_log`). Object
-/// store roots are not listed: their tables are found when first written.
-pub fn list_tables(config: &DeltaConfig) -> Result<Vec<String>> {
-    let root = config.root.strip_prefix("file://").unwrap_or(&config.root);
-    if root.contains("://") {
-        return Ok(Vec::new());
+/// The tables under the root, local or on an object store: the folders
+/// directly under it holding a `_delta_log`. One listing of the root, then
+/// one short listing per folder (a few at once), so start-up on an object
+/// store costs a round trip per table, not a walk of every data file.
+pub async fn list_tables(config: &DeltaConfig) -> Result<Vec<String>> {
+    let local = config.root.strip_prefix("file://").unwrap_or(&config.root);
+    if !local.contains("://") && !std::path::Path::new(local).is_dir() {
+        return Ok(Vec::new()); // no table written yet; do not create the root for a read
     }
-    let Ok(entries) = std::fs::read_dir(root) else { return Ok(Vec::new()) };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("_delta_log").is_dir())
-        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-        .collect();
+    let store = root_store(config)?;
+    let folders = match store.list_with_delimiter(None).await {
+        Ok(listing) => listing.common_prefixes,
+        Err(deltalake::ObjectStoreError::NotFound { .. }) => return Ok(Vec::new()),
+        Err(error) => return Err(store_error(&config.root, &error)),
+    };
+    let store = &store;
+    let mut names: Vec<String> = futures::stream::iter(folders)
+        .map(|folder| async move {
+            let log = folder.clone().join("_delta_log");
+            match store.list(Some(&log)).try_next().await {
+                Ok(first) => Ok(first.is_some().then(|| folder.filename().unwrap_or_default().to_owned())),
+                Err(error) => Err(store_error(&config.root, &error)),
+            }
+        })
+        .buffer_unordered(16)
+        .try_filter_map(|name| futures::future::ready(Ok(name)))
+        .try_collect()
+        .await?;
     names.sort();
     Ok(names)
 }
 
+/// Whether the root takes a write: puts and deletes a probe object (a
+/// local root is created), then lists the tables. Returns their number.
+pub async fn probe_root(config: &DeltaConfig) -> Result<usize> {
+    let store = root_store(config)?;
+    let probe = deltalake::Path::from(format!(".cdc-check-{}", std::process::id()));
+    let probed = async {
+        store.put(&probe, deltalake::logstore::object_store::PutPayload::from_static(b"check")).await?;
+        store.delete(&probe).await
+    };
+    probed.await.map_err(|e| Error::Sink {
+        sink: NAME.into(),
+        message: format!("writing a probe object under {}: {e}", config.root),
+        retriable: true,
+    })?;
+    Ok(list_tables(config).await?.len())
+}
+
+/// The object store at the root (a local folder is one too).
+fn root_store(config: &DeltaConfig) -> Result<deltalake::logstore::ObjectStoreRef> {
+    let url = deltalake::ensure_table_uri(&config.root).map_err(|e| delta_error(&e))?;
+    let storage = deltalake::logstore::StorageConfig::parse_options(config.resolved_storage_options()?)
+        .map_err(|e| delta_error(&e))?;
+    Ok(deltalake::logstore::logstore_for(&url, storage).map_err(|e| delta_error(&e))?.object_store(None))
+}
+
+fn store_error(root: &str, error: &deltalake::ObjectStoreError) -> Error {
+    Error::Sink { sink: NAME.into(), message: format!("listing the tables under {root}: {error}"), retriable: true }
+}
+
 /// The latest version of a table.
 pub async fn open(config: &DeltaConfig, name: &str) -> Result<DeltaTable> {
-    let table = DeltaTable::try_from_url_with_storage_options(config.table_url(name)?, config.storage_options.clone())
-        .await
-        .map_err(|e| delta_error(&e))?;
+    let table =
+        DeltaTable::try_from_url_with_storage_options(config.table_url(name)?, config.resolved_storage_options()?)
+            .await
+            .map_err(|e| delta_error(&e))?;
     if table.version().is_none() {
         return Err(Error::Sink {
             sink: NAME.into(),
@@ -121,7 +167,7 @@ pub async fn register(ctx: &SessionContext, name: &str, table: &DeltaTable) -> R
 /// (a table that did not exist then is left out).
 pub async fn query(config: &DeltaConfig, sql: &str, as_of: AsOf) -> Result<Vec<RecordBatch>> {
     let ctx = SessionContext::new();
-    for name in list_tables(config)? {
+    for name in list_tables(config).await? {
         let table = match as_of {
             AsOf::Latest => open(config, &name).await,
             AsOf::Version(v) => at_version(config, &name, v).await,

@@ -1,6 +1,7 @@
 //! Connections to PostgreSQL: the URL that never shows its password, the
-//! connection settings, reconnecting, and the one classification of errors
-//! (outage, lost race, bad data).
+//! connection settings (secrets from files), reconnecting, and the one
+//! classification of errors (outage, lost race, bad data). Connections are
+//! opened in `tls.rs`.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -8,8 +9,8 @@ use std::time::Duration;
 
 use cdc_core::{Error, Result};
 use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
 
 /// A connection string that never shows its password (`Debug`, `Display`).
 /// It serializes whole, password included, as the configuration file holds
@@ -55,8 +56,17 @@ impl fmt::Debug for PgUrl {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PgConnectionConfig {
-    /// `postgres://user:password@host:port/db` (the password is never logged).
+    /// `postgres://user:password@host:port/db` (the password is never
+    /// logged), with libpq's `sslmode`, `sslrootcert`, `sslcert`, `sslkey`.
     pub url: PgUrl,
+    /// A file holding the connection string instead (a mounted secret),
+    /// read at each connection, so a rotated secret is picked up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_file: Option<std::path::PathBuf>,
+    /// A file holding the password, so the URL needs none; read at each
+    /// connection. A trailing newline is not part of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<std::path::PathBuf>,
     /// Names this consumer's rows in the offsets table, so several pipelines
     /// can share one database.
     #[serde(default = "default_consumer")]
@@ -84,9 +94,42 @@ impl PgConnectionConfig {
     pub fn new(url: impl Into<String>) -> PgConnectionConfig {
         PgConnectionConfig {
             url: PgUrl::new(url),
+            url_file: None,
+            password_file: None,
             consumer: default_consumer(),
             max_attempts: default_attempts(),
             backoff_ms: default_backoff_ms(),
+        }
+    }
+}
+
+impl PgConnectionConfig {
+    /// Opens a connection as `application_name` (see `tls.rs`), reading the
+    /// secrets' files now. A file that cannot be read is an outage: it may
+    /// be a secret being mounted or rotated.
+    pub async fn connect(&self, application_name: &str) -> Result<Client> {
+        let read = |path: &std::path::Path| {
+            std::fs::read_to_string(path).map(|text| text.trim_end_matches(['\n', '\r']).to_owned()).map_err(|e| {
+                Error::Unavailable {
+                    sink: application_name.into(),
+                    message: format!("reading {}: {e}", path.display()),
+                }
+            })
+        };
+        let url = match &self.url_file {
+            Some(path) => PgUrl::new(read(path)?),
+            None => self.url.clone(),
+        };
+        let password = self.password_file.as_deref().map(read).transpose()?;
+        super::tls::connect(&url, password.as_deref(), application_name).await
+    }
+
+    /// Where this connects, for messages: the URL without its password, or
+    /// the file holding it.
+    pub fn describe(&self) -> String {
+        match &self.url_file {
+            Some(path) => format!("the URL in {}", path.display()),
+            None => self.url.to_string(),
         }
     }
 }
@@ -109,17 +152,8 @@ impl Connection {
 
     pub async fn client(&mut self) -> Result<&mut Client> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            let mut pg_config: tokio_postgres::Config =
-                self.config.url.expose().parse().map_err(|e| sink_error(self.sink, &e))?;
-            pg_config.application_name(self.sink);
-            let (client, connection) = pg_config.connect(NoTls).await.map_err(|e| sink_error(self.sink, &e))?;
-            let sink = self.sink;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::warn!(sink, error = %e, "PostgreSQL connection ended");
-                }
-            });
-            tracing::debug!(sink, url = %self.config.url, "connected");
+            let client = self.config.connect(self.sink).await?;
+            tracing::debug!(sink = self.sink, url = %self.config.describe(), "connected");
             return Ok(self.client.insert(client));
         }
         self.client

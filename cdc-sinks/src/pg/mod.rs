@@ -5,6 +5,7 @@
 //! | file | concern |
 //! |---|---|
 //! | `connection.rs` | connection settings, reconnecting, error classification |
+//! | `tls.rs` | opening a connection: `sslmode` with rustls, client certificates |
 //! | `types.rs` | the type mapping and in-place widening rules |
 //! | `copy.rs` | binary COPY encoding into staging tables |
 //! | `apply.rs` | current-state tables: create, grow, merge, delete, truncate |
@@ -18,12 +19,14 @@ mod copy;
 mod datalake;
 mod offsets;
 mod target;
+mod tls;
 mod types;
 
 pub use catalog::PgSourceCatalog;
 pub use connection::{PgConnectionConfig, PgUrl};
 pub use datalake::{DATALAKE_DDL, PgDatalakeSink};
 pub use target::PgTargetSink;
+pub use tls::{ConnectionSpec, SslMode};
 pub use types::{pg_type, quote_ident};
 
 pub(crate) use apply::{DeleteMode, StateTables};

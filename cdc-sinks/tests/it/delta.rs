@@ -9,6 +9,7 @@ use cdc_sinks::delta::deltalake::arrow::datatypes::Int64Type;
 use cdc_sinks::delta::time_travel::{self, AsOf};
 use cdc_sinks::{DeltaConfig, DeltaSink};
 
+use crate::store::TestRoot;
 use crate::support::*;
 
 /// The fixture's change events of `customers`, as records.
@@ -17,10 +18,6 @@ fn customer_records() -> Vec<Record> {
         .into_iter()
         .filter(|r| matches!(r, Record::Change(e) if e.source.table == "customers"))
         .collect()
-}
-
-fn config(dir: &tempfile::TempDir) -> DeltaConfig {
-    DeltaConfig::new(dir.path().to_str().unwrap())
 }
 
 /// Applies batches like the pipeline: a batch failing with a non-retriable
@@ -94,8 +91,8 @@ fn text(array: &dyn Array, row: usize) -> String {
 /// reference model's rows, each written by the same event.
 #[tokio::test]
 async fn delta_tables_follow_the_fixture() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(&dir);
+    let root = TestRoot::new();
+    let config = root.config();
     let records = fixture_records("schemas");
     let mut sink = DeltaSink::new(config.clone());
     let dead = apply_with_dead_letters(&mut sink, &batches(&records, 9)).await;
@@ -144,13 +141,15 @@ async fn delta_tables_follow_the_fixture() {
 /// Time travel: an earlier version and an earlier timestamp show the state then.
 #[tokio::test]
 async fn time_travel_by_version_and_timestamp() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(&dir);
+    let root = TestRoot::new();
+    let config = root.config();
     let customers = customer_records();
     let mut sink = DeltaSink::new(config.clone());
     sink.apply(&Batch::from_records(customers[..5].to_vec())).await.unwrap(); // the snapshot
     let after_snapshot = chrono::Utc::now();
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // delta-rs dates a version by its log file's modification time, which
+    // S3 keeps to the second: the next commit must fall in a later second.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     for record in &customers[5..] {
         sink.apply(&Batch::from_records([record.clone()])).await.unwrap();
     }
@@ -169,8 +168,8 @@ async fn time_travel_by_version_and_timestamp() {
 /// does not overwrite it.
 #[tokio::test]
 async fn older_events_never_overwrite_newer_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(&dir);
+    let root = TestRoot::new();
+    let config = root.config();
     let records = fixture_records("schemas");
     let events = changes(&records);
     let updates: Vec<_> = events.iter().filter(|e| e.source.table == "orders" && e.op == Op::Update).collect();
@@ -195,8 +194,8 @@ async fn older_events_never_overwrite_newer_rows() {
 /// applies what is missing and nothing twice.
 #[tokio::test]
 async fn restart_between_table_commits_loses_and_doubles_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = config(&dir);
+    let root = TestRoot::new();
+    let mut config = root.config();
     config.checkpoint_interval = 1000; // the commits undone below have no checkpoint
     let records = fixture_records("schemas");
     let all = batches(&records, 60);
@@ -220,11 +219,10 @@ async fn restart_between_table_commits_loses_and_doubles_nothing() {
             continue;
         }
         for v in previous.map_or(0, |p| p + 1)..=version {
-            let log = dir.path().join(&table).join("_delta_log").join(format!("{v:020}.json"));
-            std::fs::remove_file(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+            root.delete(&format!("{table}/_delta_log/{v:020}.json")).await;
         }
         if previous.is_none() {
-            std::fs::remove_dir_all(dir.path().join(&table)).unwrap();
+            root.delete(&table).await;
         }
         undone += 1;
     }
@@ -262,8 +260,8 @@ async fn restart_between_table_commits_loses_and_doubles_nothing() {
 /// Python `deltalake` package reads the rows and the version history.
 #[tokio::test]
 async fn python_deltalake_reads_the_tables() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(&dir);
+    let root = TestRoot::new();
+    let config = root.config();
     let customers = customer_records();
     let mut sink = DeltaSink::new(config.clone());
     for chunk in customers.chunks(4) {
@@ -272,7 +270,7 @@ async fn python_deltalake_reads_the_tables() {
     let script = r#"
 import json, sys
 from deltalake import DeltaTable
-dt = DeltaTable(sys.argv[1])
+dt = DeltaTable(sys.argv[1], storage_options=json.loads(sys.argv[2]))
 rows = dt.to_pyarrow_table(columns=["id", "email"]).to_pylist()
 print(json.dumps({"version": dt.version(), "ids": sorted(r["id"] for r in rows),
                   "history": len(dt.history())}), flush=True)
@@ -284,7 +282,7 @@ os._exit(0)
     // scripts/test.sh points CDC_TEST_PYTHON at the .venv it installs deltalake into.
     let python = std::env::var("CDC_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let output = std::process::Command::new(&python)
-        .args(["-c", script, dir.path().join("customers").to_str().unwrap()])
+        .args(["-c", script, &root.table_url("customers"), &serde_json::to_string(&config.storage_options).unwrap()])
         .output()
         .unwrap_or_else(|e| panic!("{python}: {e}"));
     assert!(
@@ -308,8 +306,8 @@ os._exit(0)
 /// Soft-delete mode keeps deleted rows, flagged.
 #[tokio::test]
 async fn soft_delete_keeps_flagged_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = config(&dir);
+    let root = TestRoot::new();
+    let mut config = root.config();
     config.soft_delete = true;
     config.history = false;
     let customers = customer_records();
@@ -323,12 +321,39 @@ async fn soft_delete_keeps_flagged_rows() {
     assert_eq!(live, "7");
 }
 
+/// Members of one group share the history: a member whose commit delta-rs
+/// rebased onto another member's (an append does not conflict with it)
+/// holds their data in its snapshot but not their offsets. When a partition
+/// the other member wrote then moves to it (that member's last commit
+/// landing after the new owner read the offsets), it must read them again
+/// rather than write the partition's events into the history twice.
+#[tokio::test]
+async fn a_commit_rebased_onto_another_members_reads_the_offsets_again() {
+    let root = TestRoot::new();
+    let config = root.config();
+    let records = customer_records();
+    let events = changes(&records);
+    let batch = |events: Vec<ChangeEvent>| Batch::from_records(events.into_iter().map(Record::Change));
+    let mut a = DeltaSink::new(config.clone());
+    let mut b = DeltaSink::new(config.clone());
+    a.apply(&batch(vec![moved(events[0], 1, 0)])).await.unwrap();
+    // b owns partition 2 and writes it; a's next commit lands on top of b's.
+    let partition_2 = vec![moved(events[1], 2, 0), moved(events[2], 2, 1)];
+    b.apply(&batch(partition_2.clone())).await.unwrap();
+    a.apply(&batch(vec![moved(events[3], 1, 1)])).await.unwrap();
+    // Partition 2 moves to a, which reads it again from where the group committed.
+    a.apply(&batch(partition_2)).await.unwrap();
+    let distinct = "SELECT count(*) FROM (SELECT DISTINCT topic, kafka_partition, kafka_offset FROM cdc_events)";
+    assert_eq!(scalar_text(&config, "SELECT count(*) FROM cdc_events").await, "4", "each event once");
+    assert_eq!(scalar_text(&config, distinct).await, "4");
+}
+
 /// Two writers (another pipeline, or maintenance) commit to the same table
 /// at once: the loser re-reads the table and retries.
 #[tokio::test]
 async fn concurrent_writers_both_land() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(&dir);
+    let root = TestRoot::new();
+    let config = root.config();
     let records = fixture_records("schemas");
     let products: Vec<Record> = records
         .iter()
@@ -371,19 +396,16 @@ async fn concurrent_writers_both_land() {
 /// and vacuum keep the data and the history readable.
 #[tokio::test]
 async fn maintenance_keeps_the_tables_readable() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = config(&dir);
+    let root = TestRoot::new();
+    let mut config = root.config();
     config.checkpoint_interval = 5;
     let customers = customer_records();
     let mut sink = DeltaSink::new(config.clone());
     for record in &customers {
         sink.apply(&Batch::from_records([record.clone()])).await.unwrap();
     }
-    let log = dir.path().join("customers/_delta_log");
-    let checkpoints = std::fs::read_dir(&log)
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains("checkpoint"))
-        .count();
+    let checkpoints =
+        root.files("customers/_delta_log").await.iter().filter(|path| path.contains("checkpoint")).count();
     assert!(checkpoints >= 1, "a checkpoint every 5 commits");
     let before = delta_rows(&config, "customers", AsOf::Latest).await;
     let policy = cdc_sinks::delta::maintenance::MaintenancePolicy {
@@ -420,19 +442,18 @@ mod properties {
                     .into_iter()
                     .filter(|r| matches!(r, Record::Change(e) if e.source.table != "products"))
                     .collect();
-                let whole_dir = tempfile::tempdir().unwrap();
-                let split_dir = tempfile::tempdir().unwrap();
-                let mut whole = DeltaSink::new(config(&whole_dir));
+                let (whole_root, split_root) = (TestRoot::new(), TestRoot::new());
+                let mut whole = DeltaSink::new(whole_root.config());
                 whole.apply(&Batch::from_records(records.clone())).await.unwrap();
-                let mut split = DeltaSink::new(config(&split_dir));
+                let mut split = DeltaSink::new(split_root.config());
                 let replay = replay.min(records.len());
                 for batch in batches(&records[..replay], size).iter().chain(&batches(&records, size)) {
                     split.apply(batch).await.unwrap();
                 }
                 for table in ["customers", "orders", "order_items", "all_types"] {
                     assert_eq!(
-                        delta_rows(&config(&whole_dir), table, AsOf::Latest).await,
-                        delta_rows(&config(&split_dir), table, AsOf::Latest).await,
+                        delta_rows(&whole_root.config(), table, AsOf::Latest).await,
+                        delta_rows(&split_root.config(), table, AsOf::Latest).await,
                         "{table}"
                     );
                 }
@@ -451,8 +472,8 @@ async fn held(config: &DeltaConfig) -> Offsets {
 /// offsets, or the next restart re-appends everything in between.
 #[tokio::test]
 async fn history_offsets_never_move_backwards() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(&dir);
+    let root = TestRoot::new();
+    let config = root.config();
     let records = customer_records();
     // Small batches of one partition: the second moves it further.
     let all = batches(&records, 3);
@@ -482,13 +503,13 @@ async fn history_offsets_never_move_backwards() {
 /// partition: the history's offset must not hide the table's gap.
 #[tokio::test]
 async fn a_table_missing_a_partition_is_not_hidden_by_the_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(&dir);
+    let root = TestRoot::new();
+    let config = root.config();
     let records = customer_records();
     let mut sink = DeltaSink::new(config.clone());
     sink.apply(&Batch::from_records(records.iter().take(5).cloned())).await.unwrap();
     // The table's commits never happened (crash): only the history holds them.
-    std::fs::remove_dir_all(dir.path().join("customers")).unwrap();
+    root.delete("customers").await;
     let resume = held(&config).await;
     let topic = "cdc.public.customers";
     assert_eq!(resume.get(topic, 0), None, "the table holds nothing of {topic}[0]: resume from its start");
@@ -535,8 +556,8 @@ fn float_keyed(offset: i64, op: &str, id: f64, v: &str) -> Record {
 /// and its delete deletes it.
 #[tokio::test]
 async fn non_integer_keys_update_and_delete_their_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(&dir);
+    let root = TestRoot::new();
+    let config = root.config();
     let mut sink = DeltaSink::new(config.clone());
     sink.apply(&Batch::from_records([float_keyed(1, "c", 7.25, "a"), float_keyed(2, "c", 8.5, "b")])).await.unwrap();
     sink.apply(&Batch::from_records([float_keyed(3, "u", 7.25, "a2")])).await.unwrap();
@@ -552,8 +573,8 @@ async fn non_integer_keys_update_and_delete_their_rows() {
 /// stays, and an older row consumed after it stays out, also after a restart.
 #[tokio::test]
 async fn truncate_applies_by_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(&dir);
+    let root = TestRoot::new();
+    let config = root.config();
     let records = fixture_records("schemas");
     let events = changes(&records);
     let truncate = events.iter().find(|e| e.op == Op::Truncate).expect("a truncate");
@@ -588,8 +609,8 @@ async fn truncate_applies_by_order() {
 /// (a file replay) keeps the one stored.
 #[tokio::test]
 async fn the_kafka_cluster_is_stored_with_the_offsets() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(&dir);
+    let root = TestRoot::new();
+    let config = root.config();
     let mut all = batches(&customer_records(), 3);
     all[0].offsets.cluster = Some("cluster-a".into());
     let mut sink = DeltaSink::new(config.clone());
@@ -606,8 +627,8 @@ async fn the_kafka_cluster_is_stored_with_the_offsets() {
 #[tokio::test]
 async fn tables_end_as_the_source_at_snapshot_edges() {
     for one_per_record in [false, true] {
-        let dir = tempfile::tempdir().unwrap();
-        let config = config(&dir);
+        let root = TestRoot::new();
+        let config = root.config();
         let (batches, expected) = snapshot_edge_batches(one_per_record);
         let mut sink = DeltaSink::new(config.clone());
         for batch in &batches {
@@ -627,8 +648,8 @@ async fn tables_end_as_the_source_at_snapshot_edges() {
 #[tokio::test]
 async fn widened_columns_rewrite_the_table_with_the_wider_type() {
     for one_per_record in [false, true] {
-        let dir = tempfile::tempdir().unwrap();
-        let config = config(&dir);
+        let root = TestRoot::new();
+        let config = root.config();
         let (records, (amount, status)) = cdc_core::testing::widening_changes();
         let batches = batches(&records, if one_per_record { 1 } else { records.len() });
         let mut sink = DeltaSink::new(config.clone());
@@ -655,8 +676,8 @@ async fn widened_columns_rewrite_the_table_with_the_wider_type() {
 #[tokio::test]
 async fn a_column_added_with_a_default_fills_the_existing_rows() {
     for size in [9, 3, 4, 100] {
-        let dir = tempfile::tempdir().unwrap();
-        let config = config(&dir);
+        let root = TestRoot::new();
+        let config = root.config();
         let mut sink = DeltaSink::new(config.clone());
         apply_with_dead_letters(&mut sink, &batches(&customer_records(), size)).await;
         let sql = "SELECT CAST(id AS VARCHAR) || '=' || COALESCE(CAST(loyalty_points AS VARCHAR), 'null') FROM customers \
@@ -668,21 +689,18 @@ async fn a_column_added_with_a_default_fills_the_existing_rows() {
     }
 }
 
-/// Parquet column chunks under `dir`: (column, has statistics, has a dictionary).
-fn column_chunks(dir: &std::path::Path) -> Vec<(String, bool, bool)> {
+/// Parquet column chunks of a table: (column, has statistics, has a dictionary).
+async fn column_chunks(root: &TestRoot, table: &str) -> Vec<(String, bool, bool)> {
     use cdc_sinks::delta::deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
-    let mut paths = vec![dir.to_path_buf()];
     let mut chunks = Vec::new();
-    while let Some(path) = paths.pop() {
-        if path.is_dir() {
-            paths.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-        } else if path.extension().is_some_and(|e| e == "parquet") {
-            let reader = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
-            for group in reader.metadata().row_groups() {
-                chunks.extend(group.columns().iter().map(|c| {
+    for path in root.files(table).await.into_iter().filter(|p| p.ends_with(".parquet") && !p.contains("_delta_log")) {
+        let reader = SerializedFileReader::new(root.read(&path).await).unwrap();
+        for group in reader.metadata().row_groups() {
+            chunks.extend(
+                group.columns().iter().map(|c| {
                     (c.column_path().string(), c.statistics().is_some(), c.dictionary_page_offset().is_some())
-                }));
-            }
+                }),
+            );
         }
     }
     chunks
@@ -694,13 +712,13 @@ fn column_chunks(dir: &std::path::Path) -> Vec<(String, bool, bool)> {
 /// the ordering guard filter on keep their statistics.
 #[tokio::test]
 async fn unique_and_unfiltered_columns_skip_dictionaries_and_statistics() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(&dir);
+    let root = TestRoot::new();
+    let config = root.config();
     let records = fixture_records("schemas");
     let mut sink = DeltaSink::new(config.clone());
     apply_with_dead_letters(&mut sink, &batches(&records, 40)).await;
 
-    let history = column_chunks(&dir.path().join("cdc_events"));
+    let history = column_chunks(&root, "cdc_events").await;
     assert!(!history.is_empty());
     for (column, statistics, dictionary) in history {
         let json = ["before", "after", "source"].contains(&column.as_str());
@@ -709,7 +727,7 @@ async fn unique_and_unfiltered_columns_skip_dictionaries_and_statistics() {
             assert!(!dictionary, "history {column} has a dictionary");
         }
     }
-    let customers = column_chunks(&dir.path().join("customers"));
+    let customers = column_chunks(&root, "customers").await;
     assert!(customers.iter().any(|(c, _, dictionary)| c == "email" && *dictionary), "other columns keep theirs");
     for (column, statistics, dictionary) in customers {
         assert!(statistics, "customers {column} statistics");
@@ -726,8 +744,8 @@ async fn unique_and_unfiltered_columns_skip_dictionaries_and_statistics() {
 #[tokio::test]
 async fn scheduled_maintenance_runs_between_batches() {
     use cdc_sinks::delta::maintenance::MaintenancePolicy;
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(&dir);
+    let root = TestRoot::new();
+    let config = root.config();
     let records = fixture_records("schemas");
     let schedule =
         MaintenancePolicy { every_commits: 3, optimize_min_files: 2, vacuum_retention_hours: 0, ..Default::default() };
@@ -747,7 +765,7 @@ async fn scheduled_maintenance_runs_between_batches() {
         let history = time_travel::history(&config, table).await.unwrap();
         let optimized = history.iter().filter(|h| h.operation == "OPTIMIZE").count();
         assert!(optimized > 0, "{table} was never compacted: {history:?}");
-        assert!(dir.path().join(table).join("_delta_log/_last_checkpoint").exists(), "{table} has no checkpoint");
+        assert!(root.exists(&format!("{table}/_delta_log/_last_checkpoint")).await, "{table} has no checkpoint");
     }
     assert!(sink.take_stats().maintenance_runs > 0);
     assert!(sink.stage_times().unwrap().total().iter().any(|(stage, _)| *stage == "maintenance"));

@@ -10,4 +10,7 @@ mod pg_datalake;
 mod pg_target;
 mod pk_change;
 mod schemas;
+#[cfg(feature = "delta")]
+mod store;
 mod support;
+mod tls;

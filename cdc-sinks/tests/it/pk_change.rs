@@ -109,15 +109,15 @@ async fn postgres_sinks_carry_toast_over_a_primary_key_change() {
 #[cfg(feature = "delta")]
 #[tokio::test]
 async fn delta_carries_toast_over_a_primary_key_change() {
+    use cdc_sinks::DeltaSink;
     use cdc_sinks::delta::time_travel::{self, AsOf};
-    use cdc_sinks::{DeltaConfig, DeltaSink};
     let text = |a: &dyn cdc_sinks::delta::deltalake::arrow::array::Array, i| {
         cdc_sinks::delta::deltalake::arrow::util::display::array_value_to_string(a, i).unwrap()
     };
     for (name, batches) in scenarios() {
         for (soft_delete, history) in [(false, true), (true, true), (true, false), (false, false)] {
-            let dir = tempfile::tempdir().unwrap();
-            let mut config = DeltaConfig::new(dir.path().to_str().unwrap());
+            let root = crate::store::TestRoot::new();
+            let mut config = root.config();
             config.soft_delete = soft_delete;
             config.history = history;
             let mut sink = DeltaSink::new(config.clone());
