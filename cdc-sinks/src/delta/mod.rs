@@ -28,7 +28,7 @@ use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 /// The Arrow batch a Delta table gets for a converted batch (for tests of
@@ -969,6 +969,15 @@ impl Sink for DeltaSink {
             None
         };
         names.remove(history::TABLE);
+        // A few tables at once: on an object store each open is a few
+        // round trips, and a root may hold hundreds of tables.
+        let config = &self.config;
+        let opened: Vec<(String, TableState)> = futures::stream::iter(names.iter().cloned())
+            .map(|name| async move { Ok::<_, Error>((name.clone(), open_state(config, &name).await?)) })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        self.tables.extend(opened);
         let mut lowest: BTreeMap<(String, i32), i64> = BTreeMap::new();
         let mut cluster = history_held.as_ref().and_then(|held| held.cluster.clone());
         for name in names {
