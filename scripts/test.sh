@@ -61,11 +61,13 @@ fi
 
 # The Delta sink's suite once more, its tables on the S3 server.
 if [ $# -eq 0 ]; then
-    delta_suite=(-p cdc-sinks --all-features --locked --test it)
+    # The workspace's own build (no second feature resolution), its tests filtered.
     if cargo nextest --version >/dev/null 2>&1; then
-        CDC_TEST_DELTA_STORE=s3 cargo nextest run "${delta_suite[@]}" --no-fail-fast -E 'test(/^(delta::|pk_change::delta_)/)'
+        CDC_TEST_DELTA_STORE=s3 cargo nextest run --workspace --all-features --locked --no-fail-fast \
+            -E 'package(cdc-sinks) & binary(it) & test(/^(delta::|pk_change::delta_)/)'
     else
-        CDC_TEST_DELTA_STORE=s3 cargo test "${delta_suite[@]}" --no-fail-fast -- delta:: pk_change::delta_
+        CDC_TEST_DELTA_STORE=s3 cargo test --workspace --all-features --locked --no-fail-fast --test it -- \
+            delta:: pk_change::delta_
     fi
 fi
 
