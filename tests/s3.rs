@@ -153,6 +153,7 @@ async fn three_consumers_of_one_group_write_the_same_tables_on_s3() {
     let records = partitioned(load("schemas").into_iter().filter(|r| r.topic.starts_with("cdc.public.")).collect());
     let changes = records.iter().filter(|r| r.value.is_some()).count();
     let s3 = s3_config("three-writers");
+    println!("Delta root: {} (kept after the test, to inspect a failure)", s3.root);
 
     let cluster = MockCluster::new(1).unwrap();
     let brokers = cluster.bootstrap_servers();

@@ -422,7 +422,7 @@ async fn open_state(config: &DeltaConfig, name: &str) -> Result<TableState> {
 /// in its recent commits' metadata, read back from the `txn` actions, and
 /// the Kafka cluster the newest commit naming one named), and
 /// the newest truncate's order key, the tables its commits name, and the
-/// source schema the newest commit carrying one stored.
+/// source schema of every column its recent commits stored.
 async fn read_log_state(
     config: &DeltaConfig,
     table: &DeltaTable,
@@ -432,17 +432,25 @@ async fn read_log_state(
         return Ok((offsets, None, BTreeSet::new(), None));
     }
     let infos: Vec<_> = table.history(Some(OFFSETS_LOOKBACK)).try_collect().await.map_err(|e| delta_error(&e))?;
-    let schema = infos
+    // The union of what the recent commits stored, newest first: with
+    // several writers the newest commit may come from a member whose cached
+    // schema predates another's `ADD COLUMN ... DEFAULT`, and taking its
+    // schema alone would forget that column's default.
+    let stored: Vec<cdc_core::TableSchema> = infos
         .iter()
-        .filter_map(|info| Some((info.timestamp, info.info.get(SCHEMA_METADATA)?)))
-        .max_by_key(|(timestamp, _)| *timestamp)
-        .and_then(|(_, json)| match cdc_core::connect::schema_from_json(json) {
+        .filter_map(|info| info.info.get(SCHEMA_METADATA))
+        .filter_map(|json| match cdc_core::connect::schema_from_json(json) {
             Ok(schema) => Some(schema),
             Err(error) => {
                 tracing::warn!(%error, "the stored source schema does not read back; not used");
                 None
             }
-        });
+        })
+        .collect();
+    let schema = match stored.is_empty() {
+        true => None,
+        false => Some(cdc_core::TableSchema::union(&stored)?),
+    };
     let truncated_below =
         infos.iter().filter_map(|info| info.info.get(TRUNCATED_METADATA)?.as_str().map(str::to_owned)).max();
     let tables_named = infos
@@ -524,8 +532,16 @@ fn offsets_metadata(held: &Offsets) -> (String, serde_json::Value) {
 /// concurrent writer of `partitions` (a table rewrite): `txn` actions at the
 /// versions the table holds, unchanged, so delta-rs fails the commit with a
 /// conflict when another commit wrote one of those app ids since the
-/// snapshot it read; the stale writer re-reads and tries again.
-fn offsets_guard(config: &DeltaConfig, held: &Offsets, partitions: &Offsets) -> CommitProperties {
+/// snapshot it read; the stale writer re-reads and tries again. The source
+/// schema goes with it: a rewrite adds columns (with defaults), and whoever
+/// reads the log after it (another member, or this one after a crash before
+/// the batch's own commit) must know them.
+fn offsets_guard(
+    config: &DeltaConfig,
+    held: &Offsets,
+    partitions: &Offsets,
+    schema: Option<&serde_json::Value>,
+) -> CommitProperties {
     let now = chrono::Utc::now().timestamp_millis();
     let txns: Vec<Transaction> = partitions
         .iter()
@@ -534,7 +550,10 @@ fn offsets_guard(config: &DeltaConfig, held: &Offsets, partitions: &Offsets) -> 
             Some(Transaction::new_with_last_update(config.app_id(topic, partition), version, Some(now)))
         })
         .collect();
-    CommitProperties::default().with_application_transactions(txns).with_metadata([offsets_metadata(held)])
+    let schema = schema.map(|json| (SCHEMA_METADATA.to_owned(), json.clone()));
+    CommitProperties::default()
+        .with_application_transactions(txns)
+        .with_metadata(std::iter::once(offsets_metadata(held)).chain(schema))
 }
 
 /// Applies one table's pending events: truncates in their own commits, runs
@@ -603,7 +622,8 @@ async fn apply_events(
                 meter.stages.add("collapse", collapsing.elapsed());
                 match collapsed {
                     Some(TableChange::Rows(rows)) => {
-                        let guard = offsets_guard(config, &state.held, &this_commit);
+                        let schema = stored_schema.as_ref().map(|(_, json)| json);
+                        let guard = offsets_guard(config, &state.held, &this_commit, schema);
                         let sources = (table, history, state.schema.as_ref());
                         apply_rows(config, name, sources, &rows, (guard, properties), meter).await?
                     }

@@ -1,13 +1,16 @@
 //! The Delta Lake sink against real Delta tables on disk.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use cdc_core::memory::MemorySink;
 use cdc_core::testing::changes;
 use cdc_core::{Batch, ChangeEvent, Offsets, Op, Record, Sink, Value};
+use cdc_sinks::delta::deltalake::DeltaTable;
 use cdc_sinks::delta::deltalake::arrow::array::{Array, AsArray, RecordBatch};
 use cdc_sinks::delta::deltalake::arrow::datatypes::Int64Type;
+use cdc_sinks::delta::deltalake::kernel::transaction::CommitProperties;
 use cdc_sinks::delta::time_travel::{self, AsOf};
 use cdc_sinks::{DeltaConfig, DeltaSink};
+use futures::TryStreamExt;
 
 use crate::store::TestRoot;
 use crate::support::*;
@@ -687,6 +690,87 @@ async fn a_column_added_with_a_default_fills_the_existing_rows() {
             rows.iter().flat_map(|b| (0..b.num_rows()).map(move |i| text(b.column(0), i))).collect();
         assert_eq!(rendered, ["2=0", "3=0", "4=0", "6=0", "100=0"], "batches of {size}");
     }
+}
+
+/// A customers event of the fixture: `op` on row `id`, from before or after
+/// `ADD COLUMN loyalty_points ... DEFAULT 0`, at `partition`/`offset`.
+fn customer_event(op: Op, id: i64, added: bool, (partition, offset): (i32, i64)) -> ChangeEvent {
+    let records = customer_records();
+    let event = changes(&records)
+        .into_iter()
+        .find(|e| {
+            e.op == op
+                && e.key.as_ref().is_some_and(|k| k[0] == Value::Int(id))
+                && e.schema.field("loyalty_points").is_some() == added
+        })
+        .unwrap_or_else(|| panic!("no {op:?} of customer {id} in the fixture"));
+    moved(event, partition, offset)
+}
+
+async fn loyalty_points(config: &DeltaConfig, id: i64) -> String {
+    let sql = format!("SELECT COALESCE(CAST(loyalty_points AS VARCHAR), 'null') FROM customers WHERE id = {id}");
+    scalar_text(config, &sql).await
+}
+
+fn one_batch(events: Vec<ChangeEvent>) -> Batch {
+    Batch::from_records(events.into_iter().map(Record::Change))
+}
+
+/// A member whose cached source schema predates another member's `ADD
+/// COLUMN ... DEFAULT` can commit last (a blind append after the rewrite):
+/// its commit names the columns it knew. A member reading the log then must
+/// still know the column and its default, so a row it inserts from before
+/// the column existed gets the default, as PostgreSQL filled it.
+#[tokio::test]
+async fn a_stale_members_commit_does_not_hide_a_columns_default() {
+    let root = TestRoot::new();
+    let mut config = root.config();
+    config.history = false;
+    let mut a = DeltaSink::new(config.clone());
+    a.apply(&one_batch(vec![customer_event(Op::Read, 1, false, (0, 0))])).await.unwrap();
+    a.apply(&one_batch(vec![customer_event(Op::Update, 1, true, (0, 1))])).await.unwrap();
+    // The stale member's commit, carrying the schema from before the column.
+    let url = config.table_url("customers").unwrap();
+    let table = DeltaTable::try_from_url_with_storage_options(url, config.storage_options.clone()).await.unwrap();
+    let infos: Vec<_> = table.history(None).try_collect().await.unwrap();
+    let before_the_column = infos.last().and_then(|info| info.info.get("cdc.schema")).unwrap().clone();
+    assert!(!before_the_column.to_string().contains("loyalty_points"));
+    let properties = CommitProperties::default().with_metadata([("cdc.schema".to_owned(), before_the_column)]);
+    table
+        .set_tbl_properties()
+        .with_properties(HashMap::from([("delta.logRetentionDuration".into(), "interval 30 days".into())]))
+        .with_commit_properties(properties)
+        .await
+        .unwrap();
+    // Another member inserts row 2, read late from its partition.
+    let mut b = DeltaSink::new(config.clone());
+    b.apply(&one_batch(vec![customer_event(Op::Read, 2, false, (1, 0))])).await.unwrap();
+    assert_eq!(loyalty_points(&config, 1).await, "10");
+    assert_eq!(loyalty_points(&config, 2).await, "0", "the default PostgreSQL filled row 2 with");
+}
+
+/// A crash between the rewrite that adds a column with its default and the
+/// batch's own commit: the log then ends with the rewrite. The restarted
+/// sink must know the column's default from it, for rows from before the
+/// column that arrive before the batch is applied again.
+#[tokio::test]
+async fn a_crash_after_the_rewrite_that_adds_a_column_keeps_its_default() {
+    let root = TestRoot::new();
+    let mut config = root.config();
+    config.history = false;
+    let mut sink = DeltaSink::new(config.clone());
+    let old_rows = vec![customer_event(Op::Read, 1, false, (0, 0)), customer_event(Op::Read, 2, false, (0, 1))];
+    sink.apply(&one_batch(old_rows)).await.unwrap();
+    sink.apply(&one_batch(vec![customer_event(Op::Update, 1, true, (0, 2))])).await.unwrap();
+    // Version 1 is the rewrite, version 2 the batch's MERGE: lose the MERGE.
+    let url = config.table_url("customers").unwrap();
+    let table = DeltaTable::try_from_url_with_storage_options(url, config.storage_options.clone()).await.unwrap();
+    assert_eq!(table.version(), Some(2));
+    root.delete("customers/_delta_log/00000000000000000002.json").await;
+    let mut restarted = DeltaSink::new(config.clone());
+    restarted.apply(&one_batch(vec![customer_event(Op::Create, 6, false, (1, 0))])).await.unwrap();
+    assert_eq!(loyalty_points(&config, 2).await, "0", "filled by the rewrite");
+    assert_eq!(loyalty_points(&config, 6).await, "0", "the default PostgreSQL filled row 6 with");
 }
 
 /// Parquet column chunks of a table: (column, has statistics, has a dictionary).
