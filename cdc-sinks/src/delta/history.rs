@@ -14,7 +14,10 @@ use deltalake::operations::write::SchemaMode;
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::protocol::SaveMode;
 
-use super::{DeltaConfig, NAME, TABLES_METADATA, TableState, delta_error, offsets_commit, open_state};
+use super::{
+    DeltaConfig, LAST_EVENTS_METADATA, NAME, TABLES_METADATA, TableState, delta_error, offsets_commit, offsets_json,
+    open_state,
+};
 
 /// The history table's name under the root.
 pub const TABLE: &str = "cdc_events";
@@ -38,8 +41,12 @@ pub(super) async fn append(config: &DeltaConfig, slot: &mut Option<TableState>, 
     let rows = to_batch(&events)?;
     let tables: BTreeSet<String> =
         events.iter().map(|e| config.table_name(&e.source.schema, &e.source.table)).collect();
-    let (properties, cumulative) =
-        offsets_commit(config, &state.held, &batch.offsets, vec![(TABLES_METADATA, serde_json::json!(tables))]);
+    let mut last_events = state.last_events.clone();
+    for event in &events {
+        last_events.advance(&event.position);
+    }
+    let extra = vec![(TABLES_METADATA, serde_json::json!(tables)), (LAST_EVENTS_METADATA, offsets_json(&last_events))];
+    let (properties, cumulative) = offsets_commit(config, &state.held, &batch.offsets, extra);
     let creating = state.table.version().is_none();
     let mut builder = state
         .table
@@ -60,6 +67,7 @@ pub(super) async fn append(config: &DeltaConfig, slot: &mut Option<TableState>, 
         Ok(table) if super::cache_still_valid(read, table.version()) => {
             state.table = table;
             state.held = cumulative;
+            state.last_events = last_events;
             Ok(())
         }
         // Another writer committed in between: read the offsets again.

@@ -55,6 +55,12 @@ const CLUSTER_METADATA: &str = "cdc.kafka_cluster";
 /// History commit metadata naming the tables the commit's events go to, so
 /// a restart finds every table even where the root cannot be listed.
 const TABLES_METADATA: &str = "cdc.tables";
+/// History commit metadata: per partition, the offset of the newest change
+/// event the history holds (cumulative). A table holds no offset past its
+/// partition's last change event when the records after it (a tombstone cut
+/// into the next batch) reach only the history; with this, a restart sees
+/// that such a table lacks nothing the history holds.
+const LAST_EVENTS_METADATA: &str = "cdc.last_events";
 
 /// Where and how the Delta tables are written.
 ///
@@ -263,9 +269,11 @@ struct TableState {
     /// Tables the recent commits name (`cdc.tables`; the history's commits
     /// write it), read with the offsets from the same log history.
     tables_named: BTreeSet<String>,
-    /// The source schema of every column the table holds, as the newest
-    /// commit carrying `cdc.schema` says, updated with each commit.
+    /// The source schema of every column the table holds, as the recent
+    /// commits carrying `cdc.schema` say, updated with each commit.
     schema: Option<cdc_core::TableSchema>,
+    /// The history's `cdc.last_events` (empty for other tables).
+    last_events: Offsets,
 }
 
 impl DeltaSink {
@@ -414,22 +422,20 @@ async fn open_state(config: &DeltaConfig, name: &str) -> Result<TableState> {
     let table = DeltaTable::try_from_url_with_storage_options(url, config.resolved_storage_options()?)
         .await
         .map_err(|e| delta_error(&e))?;
-    let (held, truncated_below, tables_named, schema) = read_log_state(config, &table).await?;
-    Ok(TableState { table, held, truncated_below, tables_named, schema })
+    read_log_state(config, table).await
 }
 
 /// What a table's log says of it: the offsets it holds (the app ids listed
 /// in its recent commits' metadata, read back from the `txn` actions, and
 /// the Kafka cluster the newest commit naming one named), and
-/// the newest truncate's order key, the tables its commits name, and the
-/// source schema of every column its recent commits stored.
-async fn read_log_state(
-    config: &DeltaConfig,
-    table: &DeltaTable,
-) -> Result<(Offsets, Option<String>, BTreeSet<String>, Option<cdc_core::TableSchema>)> {
+/// the newest truncate's order key, the tables its commits name, the
+/// source schema of every column its recent commits stored, and the newest
+/// change event per partition they list.
+async fn read_log_state(config: &DeltaConfig, table: DeltaTable) -> Result<TableState> {
     let mut offsets = Offsets::new();
     if table.version().is_none() {
-        return Ok((offsets, None, BTreeSet::new(), None));
+        let (truncated_below, tables_named, schema, last_events) = (None, BTreeSet::new(), None, Offsets::new());
+        return Ok(TableState { table, held: offsets, truncated_below, tables_named, schema, last_events });
     }
     let infos: Vec<_> = table.history(Some(OFFSETS_LOOKBACK)).try_collect().await.map_err(|e| delta_error(&e))?;
     // The union of what the recent commits stored, newest first: with
@@ -466,13 +472,15 @@ async fn read_log_state(
         .max_by_key(|(timestamp, _)| *timestamp)
         .map(|(_, cluster)| Arc::from(cluster));
     let mut listed = std::collections::BTreeSet::new();
-    for value in infos.iter().filter_map(|info| info.info.get(OFFSETS_METADATA)) {
-        let list: Vec<(String, i32, i64)> = serde_json::from_value(value.clone()).map_err(|e| Error::Sink {
-            sink: NAME.into(),
-            message: format!("commit metadata {OFFSETS_METADATA} is not readable: {e}"),
-            retriable: false,
-        })?;
-        listed.extend(list.into_iter().map(|(topic, partition, _)| (topic, partition)));
+    for info in &infos {
+        listed.extend(offsets_list(info, OFFSETS_METADATA)?.map(|(topic, partition, _)| (topic, partition)));
+    }
+    // Each writer lists what it knew; the newest event is the highest listed.
+    let mut last_events = Offsets::new();
+    for info in &infos {
+        for (topic, partition, offset) in offsets_list(info, LAST_EVENTS_METADATA)? {
+            last_events.set(Arc::from(topic), partition, offset);
+        }
     }
     let snapshot = table.snapshot().map_err(|e| delta_error(&e))?;
     for (topic, partition) in listed {
@@ -484,7 +492,24 @@ async fn read_log_state(
             offsets.set(Arc::from(topic), partition, version);
         }
     }
-    Ok((offsets, truncated_below, tables_named, schema))
+    Ok(TableState { table, held: offsets, truncated_below, tables_named, schema, last_events })
+}
+
+/// A `[[topic, partition, offset], ...]` list of a commit's metadata (none
+/// when the commit has no such key).
+fn offsets_list(
+    info: &deltalake::kernel::CommitInfo,
+    key: &str,
+) -> Result<impl Iterator<Item = (String, i32, i64)> + use<>> {
+    let list: Vec<(String, i32, i64)> = match info.info.get(key) {
+        Some(value) => serde_json::from_value(value.clone()).map_err(|e| Error::Sink {
+            sink: NAME.into(),
+            message: format!("commit metadata {key} is not readable: {e}"),
+            retriable: false,
+        })?,
+        None => Vec::new(),
+    };
+    Ok(list.into_iter())
 }
 
 /// The one place offsets reach a Delta log. `txn` actions for the
@@ -524,8 +549,13 @@ fn offsets_commit(
 
 /// `cdc.offsets`: every offset the table holds once the commit lands.
 fn offsets_metadata(held: &Offsets) -> (String, serde_json::Value) {
-    let listed: Vec<(String, i32, i64)> = held.iter().map(|(t, p, o)| (t.to_owned(), p, o)).collect();
-    (OFFSETS_METADATA.to_owned(), serde_json::json!(listed))
+    (OFFSETS_METADATA.to_owned(), offsets_json(held))
+}
+
+/// Offsets as the `[[topic, partition, offset], ...]` list commits store.
+fn offsets_json(offsets: &Offsets) -> serde_json::Value {
+    let listed: Vec<(String, i32, i64)> = offsets.iter().map(|(t, p, o)| (t.to_owned(), p, o)).collect();
+    serde_json::json!(listed)
 }
 
 /// Properties for a commit that moves no offset but must lose to any
@@ -937,6 +967,21 @@ async fn merge(
 /// A sink error from a deltalake error: retriable for conflicts with
 /// concurrent commits and storage I/O; not for schema or data problems.
 pub(crate) fn delta_error(error: &DeltaTableError) -> Error {
+    use deltalake::kernel::transaction::TransactionError;
+    // Another writer committed first: contention, which a re-read and a
+    // retry resolve however often it repeats; never bad data to dead-letter.
+    let contention = matches!(
+        error,
+        DeltaTableError::VersionAlreadyExists(_)
+            | DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(_)
+                    | TransactionError::MaxCommitAttempts(_)
+                    | TransactionError::VersionAlreadyExists(_)
+            }
+    );
+    if contention {
+        return Error::Unavailable { sink: NAME.into(), message: error.to_string() };
+    }
     let retriable = matches!(
         error,
         DeltaTableError::ObjectStore { .. }
@@ -984,7 +1029,7 @@ impl Sink for DeltaSink {
         let history_held = if self.config.history {
             let history = history::state(&self.config, &mut self.history).await?;
             names.extend(history.tables_named.iter().cloned());
-            Some(history.held.clone())
+            Some((history.held.clone(), history.last_events.clone()))
         } else {
             None
         };
@@ -999,18 +1044,27 @@ impl Sink for DeltaSink {
             .await?;
         self.tables.extend(opened);
         let mut lowest: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        let mut cluster = history_held.as_ref().and_then(|held| held.cluster.clone());
+        let mut cluster = history_held.as_ref().and_then(|(held, _)| held.cluster.clone());
         for name in names {
             let state = self.state(&name).await?;
             cluster = cluster.or_else(|| state.held.cluster.clone());
             for (topic, partition, offset) in state.held.iter() {
+                // A table holding its partition's newest event the history
+                // holds lacks nothing of it: only records without changes
+                // (a tombstone cut into the next batch) are past it.
+                let offset = match &history_held {
+                    Some((held, last_events)) if last_events.get(topic, partition).is_some_and(|e| offset >= e) => {
+                        held.get(topic, partition).map_or(offset, |h| h.max(offset))
+                    }
+                    _ => offset,
+                };
                 lowest.entry((topic.to_owned(), partition)).and_modify(|o| *o = (*o).min(offset)).or_insert(offset);
             }
         }
         let mut offsets = Offsets::new();
         offsets.cluster = cluster;
         for ((topic, partition), offset) in lowest {
-            let history = history_held.as_ref().map(|held| held.get(&topic, partition));
+            let history = history_held.as_ref().map(|(held, _)| held.get(&topic, partition));
             match history {
                 // The history is behind every table, or holds nothing of it.
                 Some(Some(h)) => offsets.set(Arc::from(topic), partition, offset.min(h)),

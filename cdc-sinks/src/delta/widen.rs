@@ -82,8 +82,8 @@ impl Rewrite {
     }
 }
 
-/// Rewrites `table` as `change` says, in one commit with `properties`
-/// (which guard it against concurrent writers).
+/// Rewrites `table` as `change` says, in one commit with `properties`, which
+/// fails if any other commit landed since `table` was read.
 pub async fn rewrite(
     table: DeltaTable,
     name: &str,
@@ -148,7 +148,11 @@ pub async fn rewrite(
         .with_save_mode(SaveMode::Overwrite)
         .with_schema_mode(SchemaMode::Overwrite)
         .with_writer_properties(super::table_writer_properties())
-        .with_commit_properties(properties)
+        // Any commit since the snapshot read fails the rewrite (it is retried
+        // on a fresh read): delta-rs would rebase an overwrite onto a
+        // concurrent append, whose rows the rewrite never saw, so they would
+        // keep the old column names and miss the new columns' defaults.
+        .with_commit_properties(properties.with_max_retries(0))
         .await
         .map_err(|e| delta_error(&e))
 }

@@ -470,6 +470,27 @@ async fn held(config: &DeltaConfig) -> Offsets {
     DeltaSink::new(config.clone()).durable_offsets().await.unwrap()
 }
 
+/// A delete's tombstone cut into the next batch moves no table (nothing to
+/// write), only the history: a restart resumes after it all the same, the
+/// history knowing the table holds the partition's newest change.
+#[tokio::test]
+async fn a_tombstone_cut_into_the_next_batch_is_not_read_again() {
+    let root = TestRoot::new();
+    let config = root.config();
+    let records = fixture_records("schemas");
+    let customers: Vec<Record> =
+        records.iter().filter(|r| r.position().topic.ends_with(".customers")).cloned().collect();
+    let cut = customers.iter().position(|r| matches!(r, Record::Tombstone { .. }) && r.position().offset > 0).unwrap();
+    let Record::Tombstone { position: tombstone } = &customers[cut] else { unreachable!() };
+    assert!(matches!(&customers[cut - 1], Record::Change(e) if e.op == Op::Delete));
+    let product = records.iter().find(|r| matches!(r, Record::Change(e) if e.source.table == "products")).unwrap();
+    let mut sink = DeltaSink::new(config.clone());
+    sink.apply(&Batch::from_records(customers[..cut].iter().cloned())).await.unwrap();
+    sink.apply(&Batch::from_records([customers[cut].clone(), product.clone()])).await.unwrap();
+    let resume = held(&config).await;
+    assert_eq!(resume.get(&tombstone.topic, tombstone.partition), Some(tombstone.offset), "{resume:?}");
+}
+
 /// After a restart that resumed from a slower sink, the history is given
 /// records it already holds: its commit must not write their (lower)
 /// offsets, or the next restart re-appends everything in between.
@@ -745,6 +766,25 @@ async fn a_stale_members_commit_does_not_hide_a_columns_default() {
     // Another member inserts row 2, read late from its partition.
     let mut b = DeltaSink::new(config.clone());
     b.apply(&one_batch(vec![customer_event(Op::Read, 2, false, (1, 0))])).await.unwrap();
+    assert_eq!(loyalty_points(&config, 1).await, "10");
+    assert_eq!(loyalty_points(&config, 2).await, "0", "the default PostgreSQL filled row 2 with");
+}
+
+/// A member rewrites the table to add a column with its default while
+/// another member, still on the old schema, appends rows the rewriter's
+/// snapshot does not hold: the rewrite must not land on top of them (they
+/// would keep null), but read the table again and fill them too.
+#[tokio::test]
+async fn a_rewrite_never_lands_on_rows_it_did_not_read() {
+    let root = TestRoot::new();
+    let mut config = root.config();
+    config.history = false;
+    let mut a = DeltaSink::new(config.clone());
+    let mut b = DeltaSink::new(config.clone());
+    a.apply(&one_batch(vec![customer_event(Op::Read, 1, false, (0, 0))])).await.unwrap();
+    b.apply(&one_batch(vec![customer_event(Op::Read, 2, false, (1, 0))])).await.unwrap();
+    // a's snapshot predates b's row 2.
+    a.apply(&one_batch(vec![customer_event(Op::Update, 1, true, (0, 1))])).await.unwrap();
     assert_eq!(loyalty_points(&config, 1).await, "10");
     assert_eq!(loyalty_points(&config, 2).await, "0", "the default PostgreSQL filled row 2 with");
 }
