@@ -137,14 +137,7 @@ async fn scalar(config: &DeltaConfig, sql: &str) -> String {
         .unwrap()
 }
 
-// Ignored in the test command while two defects it finds are open (it
-// failed 3 of its last 4 runs): after rebalances, a change can land twice
-// in `cdc_events` (seen: products[1]@5; order_items[1]@1 with
-// products[0]@3), and rows another member writes after an `ADD COLUMN ...
-// DEFAULT` rewrite can get null instead of the default (customers
-// loyalty_points). Run it with `cargo nextest run --test s3 --run-ignored all`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "open: with several writers, history duplicates after rebalances and a lost column default (3 of 4 runs)"]
 async fn three_consumers_of_one_group_write_the_same_tables_on_s3() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
