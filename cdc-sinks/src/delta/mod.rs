@@ -1142,3 +1142,35 @@ impl Sink for DeltaSink {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
+
+    use super::*;
+
+    /// Another writer winning a commit, however often in a row, is an
+    /// outage to wait out: the pipeline turns a retriable error that repeats
+    /// identically into bad data and dead-letters it, which a busy table's
+    /// conflicts must never become.
+    #[test]
+    fn commit_conflicts_are_contention_never_bad_data() {
+        let conflicts = [
+            DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(CommitConflictError::MetadataChanged),
+            },
+            DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(CommitConflictError::ConcurrentAppend),
+            },
+            DeltaTableError::Transaction { source: TransactionError::MaxCommitAttempts(0) },
+            DeltaTableError::VersionAlreadyExists(7),
+        ];
+        for conflict in &conflicts {
+            let error = delta_error(conflict);
+            assert!(error.is_outage(), "{error}");
+            assert!(delta_error(conflict).into_bad_data(100).is_retriable(), "{error}");
+        }
+        let bad_data = delta_error(&DeltaTableError::Generic("column x is Int32".into()));
+        assert!(!bad_data.is_retriable());
+    }
+}
