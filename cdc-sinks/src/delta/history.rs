@@ -57,10 +57,9 @@ pub(super) async fn append(config: &DeltaConfig, slot: &mut Option<TableState>, 
         .with_writer_properties(writer_properties())
         .with_commit_properties(properties);
     if creating {
-        builder = builder.with_partition_columns(["source_table", "event_date"]).with_configuration([(
-            deltalake::TableProperty::CheckpointInterval.as_ref(),
-            Some(config.checkpoint_interval.to_string()),
-        )]);
+        builder = builder
+            .with_partition_columns(["source_table", "event_date"])
+            .with_configuration(config.new_table_properties());
     }
     let read = state.table.version();
     match builder.await {

@@ -106,6 +106,12 @@ pub struct DeltaConfig {
     /// cannot touch existing rows. Turn off only to measure what it saves.
     #[serde(default = "default_true")]
     pub merge_pruning: bool,
+    /// Create tables with `delta.enableChangeDataFeed = true`, so readers
+    /// get row-level changes (`insert`, `update_preimage`/`postimage`,
+    /// `delete`) from the log (`load_cdf`, `table_changes`). Tables created
+    /// before it was turned on keep their properties.
+    #[serde(default)]
+    pub change_data_feed: bool,
 }
 
 impl std::fmt::Debug for DeltaConfig {
@@ -126,6 +132,7 @@ impl std::fmt::Debug for DeltaConfig {
             .field("storage_options", &options)
             .field("storage_option_files", &self.storage_option_files)
             .field("merge_pruning", &self.merge_pruning)
+            .field("change_data_feed", &self.change_data_feed)
             .finish()
     }
 }
@@ -169,7 +176,18 @@ impl DeltaConfig {
             storage_options: HashMap::new(),
             storage_option_files: HashMap::new(),
             merge_pruning: true,
+            change_data_feed: false,
         }
+    }
+
+    /// The table properties a table this sink creates starts with.
+    pub(crate) fn new_table_properties(&self) -> Vec<(&'static str, Option<String>)> {
+        let mut properties =
+            vec![(deltalake::TableProperty::CheckpointInterval.as_ref(), Some(self.checkpoint_interval.to_string()))];
+        if self.change_data_feed {
+            properties.push((deltalake::TableProperty::EnableChangeDataFeed.as_ref(), Some("true".into())));
+        }
+        properties
     }
 
     /// The Delta table name of a source table.
@@ -881,10 +899,7 @@ async fn append(
         .with_writer_properties(table_writer_properties())
         .with_commit_properties(properties);
     if creating {
-        builder = builder.with_configuration([(
-            deltalake::TableProperty::CheckpointInterval.as_ref(),
-            Some(config.checkpoint_interval.to_string()),
-        )]);
+        builder = builder.with_configuration(config.new_table_properties());
     }
     builder.await.map_err(|e| delta_error(&e))
 }

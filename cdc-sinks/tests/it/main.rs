@@ -3,6 +3,8 @@
 
 mod catalog;
 #[cfg(feature = "delta")]
+mod change_feed;
+#[cfg(feature = "delta")]
 mod delta;
 mod fidelity;
 mod interleavings;

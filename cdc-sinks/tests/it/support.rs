@@ -47,6 +47,30 @@ pub fn fixture_records(name: &str) -> Vec<Record> {
     decode_with(&mut Decoder::new().keep_raw_json(true), name)
 }
 
+/// The change events of one source table in a fixture, as records.
+pub fn table_records(fixture: &str, table: &str) -> Vec<Record> {
+    fixture_records(fixture).into_iter().filter(|r| matches!(r, Record::Change(e) if e.source.table == table)).collect()
+}
+
+/// Runs a Python script with the interpreter the test command installs the
+/// `deltalake` package into (`CDC_TEST_PYTHON`); returns the JSON it prints.
+pub fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
+    let python = std::env::var("CDC_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let output = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e}"));
+    assert!(
+        output.status.success(),
+        "{python} failed (scripts/test.sh installs deltalake into .venv and sets CDC_TEST_PYTHON): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{python} printed no JSON ({e}): {}", String::from_utf8_lossy(&output.stdout)))
+}
+
 /// Splits records into batches of `size` records.
 pub fn batches(records: &[Record], size: usize) -> Vec<Batch> {
     records.chunks(size).map(|chunk| Batch::from_records(chunk.iter().cloned())).collect()
