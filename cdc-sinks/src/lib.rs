@@ -25,7 +25,7 @@ pub mod delta;
 pub mod pg;
 
 #[cfg(feature = "delta")]
-pub use delta::{ApplyStats, DeltaConfig, DeltaSink};
+pub use delta::{ApplyStats, DeltaConfig, DeltaSink, TableConfig, TableMode};
 #[cfg(feature = "postgres")]
 pub use pg::{
     DATALAKE_DDL, PgConnectionConfig, PgDatalakeSink, PgSourceCatalog, PgTargetSink, PgUrl, pg_type, quote_ident,

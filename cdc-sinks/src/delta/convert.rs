@@ -241,6 +241,15 @@ fn max_int(array: &ArrayRef) -> Option<i64> {
     deltalake::arrow::compute::max(array.as_primitive::<deltalake::arrow::datatypes::Int64Type>())
 }
 
+/// The batch's key range as a condition on `target`, for a single integer
+/// key (files whose statistics fall outside it need not be read).
+pub fn key_range(batch: &RecordBatch, key: &[String]) -> Option<String> {
+    let [single] = key else { return None };
+    let column = batch.column_by_name(single)?;
+    let (min, max) = (min_int(column)?, max_int(column)?);
+    Some(format!("target.{k} >= {min} AND target.{k} <= {max}", k = ident(single)))
+}
+
 /// A column reference that keeps dots and quotes in names literal.
 pub fn column(name: &str) -> Column {
     Column::new_unqualified(name)
@@ -283,12 +292,7 @@ impl MergeSql {
         (prune, target_owes): (bool, bool),
     ) -> Result<MergeSql> {
         let mut predicate: Vec<String> = key.iter().map(|k| format!("target.{k} = source.{k}", k = ident(k))).collect();
-        if let (true, [single]) = (prune, key)
-            && let Some(column) = source.column_by_name(single)
-            && let (Some(min), Some(max)) = (min_int(column), max_int(column))
-        {
-            predicate.push(format!("target.{k} >= {min} AND target.{k} <= {max}", k = ident(single)));
-        }
+        predicate.extend(key_range(source, key).filter(|_| prune));
         // Columns some change in the run did not send (unchanged TOAST, or
         // the non-key part of a key-only delete): those keep the target's value.
         let unavailable: BTreeSet<&str> = rows

@@ -9,6 +9,7 @@ mod convert;
 mod history;
 pub mod maintenance;
 mod owed;
+pub mod scd2;
 pub mod time_travel;
 mod widen;
 
@@ -36,6 +37,7 @@ use serde::{Deserialize, Serialize};
 #[doc(hidden)]
 pub use convert::for_delta;
 pub use deltalake;
+pub use scd2::{END_AT, END_ORDER, IS_CURRENT, START_AT, START_ORDER};
 
 const NAME: &str = "delta";
 /// Commit metadata key holding every offset the table holds (cumulative),
@@ -46,6 +48,9 @@ const OFFSETS_METADATA: &str = "cdc.offsets";
 const OFFSETS_LOOKBACK: usize = 1000;
 /// Truncate commit metadata: the truncate's order key (hex).
 const TRUNCATED_METADATA: &str = "cdc.truncated_below";
+/// Truncate commit metadata: the truncate's source commit time (µs), where
+/// SCD2 tables close the versions of rows read late.
+const TRUNCATED_AT_METADATA: &str = "cdc.truncated_at";
 /// Commit metadata: the source table's schema as Connect schema JSON with
 /// its key (`cdc_core::connect`), every column the table holds, so that
 /// schemaless records can be typed from it (`Sink::column_types`).
@@ -112,6 +117,35 @@ pub struct DeltaConfig {
     /// before it was turned on keep their properties.
     #[serde(default)]
     pub change_data_feed: bool,
+    /// Per-table settings, by Delta table name (`[delta.tables.orders]`).
+    #[serde(default)]
+    pub tables: BTreeMap<String, TableConfig>,
+}
+
+/// How one table is written.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    #[serde(default)]
+    pub mode: TableMode,
+    /// SCD2 only: the columns whose changes open a new version. A change to
+    /// other columns alone updates the current version in place (Databricks'
+    /// `TRACK HISTORY ON`). Unset: every change opens a version.
+    #[serde(default)]
+    pub track_history_columns: Option<Vec<String>>,
+}
+
+/// What a table holds.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TableMode {
+    /// One row per key: its current state (deleted rows removed, or flagged
+    /// with `soft_delete`).
+    #[default]
+    Current,
+    /// Slowly changing dimension type 2: every version of every row, with
+    /// `__start_at` / `__end_at` / `__is_current` (see `delta/scd2.rs`).
+    Scd2,
 }
 
 impl std::fmt::Debug for DeltaConfig {
@@ -133,6 +167,7 @@ impl std::fmt::Debug for DeltaConfig {
             .field("storage_option_files", &self.storage_option_files)
             .field("merge_pruning", &self.merge_pruning)
             .field("change_data_feed", &self.change_data_feed)
+            .field("tables", &self.tables)
             .finish()
     }
 }
@@ -177,7 +212,13 @@ impl DeltaConfig {
             storage_option_files: HashMap::new(),
             merge_pruning: true,
             change_data_feed: false,
+            tables: BTreeMap::new(),
         }
+    }
+
+    /// The settings of a Delta table (defaults where it has none).
+    pub fn table(&self, name: &str) -> TableConfig {
+        self.tables.get(name).cloned().unwrap_or_default()
     }
 
     /// The table properties a table this sink creates starts with.
@@ -284,6 +325,8 @@ struct TableState {
     /// The order key (hex) of the newest truncate applied: rows older than
     /// it that arrive later (from another partition) stay out.
     truncated_below: Option<String>,
+    /// That truncate's source commit time (µs).
+    truncated_at: Option<i64>,
     /// Tables the recent commits name (`cdc.tables`; the history's commits
     /// write it), read with the offsets from the same log history.
     tables_named: BTreeSet<String>,
@@ -452,8 +495,17 @@ async fn open_state(config: &DeltaConfig, name: &str) -> Result<TableState> {
 async fn read_log_state(config: &DeltaConfig, table: DeltaTable) -> Result<TableState> {
     let mut offsets = Offsets::new();
     if table.version().is_none() {
-        let (truncated_below, tables_named, schema, last_events) = (None, BTreeSet::new(), None, Offsets::new());
-        return Ok(TableState { table, held: offsets, truncated_below, tables_named, schema, last_events });
+        let (truncated_below, truncated_at, tables_named, schema, last_events) =
+            (None, None, BTreeSet::new(), None, Offsets::new());
+        return Ok(TableState {
+            table,
+            held: offsets,
+            truncated_below,
+            truncated_at,
+            tables_named,
+            schema,
+            last_events,
+        });
     }
     let infos: Vec<_> = table.history(Some(OFFSETS_LOOKBACK)).try_collect().await.map_err(|e| delta_error(&e))?;
     // The union of what the recent commits stored, newest first: with
@@ -475,8 +527,15 @@ async fn read_log_state(config: &DeltaConfig, table: DeltaTable) -> Result<Table
         true => None,
         false => Some(cdc_core::TableSchema::union(&stored)?),
     };
-    let truncated_below =
-        infos.iter().filter_map(|info| info.info.get(TRUNCATED_METADATA)?.as_str().map(str::to_owned)).max();
+    let (truncated_below, truncated_at) = infos
+        .iter()
+        .filter_map(|info| {
+            let below = info.info.get(TRUNCATED_METADATA)?.as_str()?.to_owned();
+            Some((below, info.info.get(TRUNCATED_AT_METADATA).and_then(serde_json::Value::as_i64)))
+        })
+        .max()
+        .unzip();
+    let truncated_at = truncated_at.flatten();
     let tables_named = infos
         .iter()
         .filter_map(|info| serde_json::from_value::<Vec<String>>(info.info.get(TABLES_METADATA)?.clone()).ok())
@@ -510,7 +569,7 @@ async fn read_log_state(config: &DeltaConfig, table: DeltaTable) -> Result<Table
             offsets.set(Arc::from(topic), partition, version);
         }
     }
-    Ok(TableState { table, held: offsets, truncated_below, tables_named, schema, last_events })
+    Ok(TableState { table, held: offsets, truncated_below, truncated_at, tables_named, schema, last_events })
 }
 
 /// A `[[topic, partition, offset], ...]` list of a commit's metadata (none
@@ -652,19 +711,36 @@ async fn apply_events(
         let truncate_at = truncating.map(|e| e.order.to_hex());
         let mut extra: Vec<(&str, serde_json::Value)> = Vec::new();
         extra.extend(truncate_at.as_ref().map(|hex| (TRUNCATED_METADATA, serde_json::json!(hex))));
+        let truncated_at = truncating.and_then(|e| e.source.ts_micros());
+        extra.extend(truncated_at.map(|at| (TRUNCATED_AT_METADATA, serde_json::json!(at))));
         let stored_schema = if truncating.is_none() { stored_schema(state, events) } else { None };
         extra.extend(stored_schema.as_ref().map(|(_, json)| (SCHEMA_METADATA, json.clone())));
         let (properties, cumulative) = offsets_commit(config, &state.held, &this_commit, extra);
+        // Rows older than an applied truncate stay out (they arrive late
+        // from another partition).
+        let live: Vec<&ChangeEvent> = events
+            .iter()
+            .copied()
+            .filter(|e| state.truncated_below.as_ref().is_none_or(|below| e.order.to_hex() > *below))
+            .collect();
+        let table_config = config.table(name);
+        let scd2 = table_config.mode == TableMode::Scd2;
         let table = match truncating {
+            Some(event) if scd2 => {
+                scd2::truncate(config, name, (table, state.schema.as_ref()), event, properties, meter).await?
+            }
             Some(event) => meter.stages.time("truncate", truncate(table, event, properties)).await?,
+            None if scd2 => {
+                let schema = stored_schema.as_ref().map(|(_, json)| json);
+                let guard = offsets_guard(config, &state.held, &this_commit, schema);
+                let track = table_config.track_history_columns.as_deref();
+                let sources = (table, state.schema.as_ref());
+                // Rows read late, from before the truncate, are history too:
+                // their versions end at the truncate.
+                let truncated = state.truncated_below.as_deref().map(|below| (below, state.truncated_at));
+                scd2::apply(config, name, sources, (events, truncated), track, (guard, properties), meter).await?
+            }
             None => {
-                // Rows older than an applied truncate stay out (they arrive
-                // late from another partition).
-                let live: Vec<&ChangeEvent> = events
-                    .iter()
-                    .copied()
-                    .filter(|e| state.truncated_below.as_ref().is_none_or(|below| e.order.to_hex() > *below))
-                    .collect();
                 let collapsing = Instant::now();
                 let collapsed = cdc_core::collapse(&live).pop();
                 meter.stages.add("collapse", collapsing.elapsed());
@@ -681,6 +757,7 @@ async fn apply_events(
         };
         if truncate_at > state.truncated_below {
             state.truncated_below = truncate_at;
+            state.truncated_at = truncated_at;
         }
         state.table = table;
         state.held = cumulative;
@@ -741,32 +818,9 @@ async fn apply_rows(
     // A delete's image is the row it deletes as far as the batch knows.
     let images: Vec<(&ChangeEvent, Option<&[Value]>)> =
         rows.iter().map(|r| (r.event, r.after.as_deref().or(r.before.as_deref()).map(Vec::as_slice))).collect();
-    // Newest schema first; a column only older events carry keeps their
-    // values. Last the columns the table holds that no event of the batch
-    // has: an event read late, from before `ADD COLUMN ... DEFAULT`, writes
-    // that default (as PostgreSQL filled the row), as it would in a batch
-    // that also carries the column.
-    let mut versions: Vec<&cdc_core::TableSchema> = vec![&newest.schema];
-    for row in rows {
-        if !versions.iter().any(|v| std::ptr::eq(*v, &*row.event.schema)) {
-            versions.push(&row.event.schema);
-        }
-    }
-    versions.extend(stored_schema);
-    let schema = cdc_core::TableSchema::union(versions).map_err(|e| Error::Sink {
-        sink: NAME.into(),
-        message: format!("table {name}: {e}"),
-        retriable: false,
-    })?;
+    let schema = batch_schema(name, newest, rows.iter().map(|r| r.event), stored_schema)?;
     let batch = cdc_core::arrow::rows_to_record_batch(name, &schema, &images)?;
-    let key: Vec<String> = newest.schema.key_names().map(str::to_owned).collect();
-    if key.is_empty() {
-        return Err(Error::Sink {
-            sink: NAME.into(),
-            message: format!("table {name} has no primary key: Debezium sent no record key"),
-            retriable: false,
-        });
-    }
+    let key = primary_key(name, newest)?;
     meter.stages.add("arrow", preparing.elapsed());
     let (table, existing) = reshape_if_needed(name, table, &schema, &batch, guard).await?;
     let preparing = Instant::now();
@@ -803,6 +857,44 @@ async fn apply_rows(
     // The table's schema as read once above: whether it holds `_cdc_owed`.
     let target_owes = existing.as_ref().is_some_and(|s| s.field_with_name(owed::OWED_COLUMN).is_ok());
     merge(config, (table, target_owes), source, &key, rows, properties, meter).await
+}
+
+/// The columns a batch's rows are written with. Newest schema first; a
+/// column only older events carry keeps their values. Last the columns the
+/// table holds that no event of the batch has: an event read late, from
+/// before `ADD COLUMN ... DEFAULT`, writes that default (as PostgreSQL filled
+/// the row), as it would in a batch that also carries the column.
+fn batch_schema<'a>(
+    name: &str,
+    newest: &'a ChangeEvent,
+    events: impl Iterator<Item = &'a ChangeEvent>,
+    stored_schema: Option<&'a cdc_core::TableSchema>,
+) -> Result<cdc_core::TableSchema> {
+    let mut versions: Vec<&cdc_core::TableSchema> = vec![&newest.schema];
+    for event in events {
+        if !versions.iter().any(|v| std::ptr::eq(*v, &*event.schema)) {
+            versions.push(&event.schema);
+        }
+    }
+    versions.extend(stored_schema);
+    cdc_core::TableSchema::union(versions).map_err(|e| Error::Sink {
+        sink: NAME.into(),
+        message: format!("table {name}: {e}"),
+        retriable: false,
+    })
+}
+
+/// The primary key of a table, as its newest event's record key names it.
+fn primary_key(name: &str, newest: &ChangeEvent) -> Result<Vec<String>> {
+    let key: Vec<String> = newest.schema.key_names().map(str::to_owned).collect();
+    if key.is_empty() {
+        return Err(Error::Sink {
+            sink: NAME.into(),
+            message: format!("table {name} has no primary key: Debezium sent no record key"),
+            retriable: false,
+        });
+    }
+    Ok(key)
 }
 
 /// Rewrites the table first (see `widen`) when the batch's values need a

@@ -15,11 +15,12 @@ use crate::support::*;
 
 const PARTITIONS: usize = 8;
 
-/// Each table's records by partition (record key hash), offsets renumbered
-/// per partition. Records without a key (truncates) go to partition 0.
-fn partitioned() -> Vec<Vec<FixtureRecord>> {
-    let mut partitions: Vec<Vec<FixtureRecord>> = vec![Vec::new(); PARTITIONS];
+/// The fixture's table records in source order, each given the partition
+/// its record key hashes to, offsets renumbered per partition. Records
+/// without a key (truncates) go to partition 0.
+pub(crate) fn in_source_order() -> Vec<FixtureRecord> {
     let mut next_offset: BTreeMap<(String, usize), i64> = BTreeMap::new();
+    let mut records = Vec::new();
     for record in load("schemas").into_iter().filter(|r| r.topic.starts_with("cdc.public.")) {
         let partition = record.key.as_deref().map_or(0, |key| {
             // FNV-1a: stable across runs, spreads keys like a partitioner.
@@ -28,8 +29,17 @@ fn partitioned() -> Vec<Vec<FixtureRecord>> {
             (hash % PARTITIONS as u64) as usize
         });
         let offset = next_offset.entry((record.topic.clone(), partition)).or_insert(0);
-        partitions[partition].push(FixtureRecord { partition: partition as i32, offset: *offset, ..record });
+        records.push(FixtureRecord { partition: partition as i32, offset: *offset, ..record });
         *offset += 1;
+    }
+    records
+}
+
+/// Each partition's records, in its order.
+fn partitioned() -> Vec<Vec<FixtureRecord>> {
+    let mut partitions: Vec<Vec<FixtureRecord>> = vec![Vec::new(); PARTITIONS];
+    for record in in_source_order() {
+        partitions[record.partition as usize].push(record);
     }
     partitions
 }
@@ -51,7 +61,7 @@ fn merge(mut partitions: Vec<Vec<FixtureRecord>>, mut pick: impl FnMut(&[usize])
     }
 }
 
-fn interleavings() -> Vec<(String, Vec<FixtureRecord>)> {
+pub(crate) fn interleavings() -> Vec<(String, Vec<FixtureRecord>)> {
     let parts = partitioned();
     let busiest = (0..PARTITIONS).max_by_key(|&p| parts[p].len()).unwrap();
     let mut orders: Vec<(String, Vec<FixtureRecord>)> = vec![
@@ -79,7 +89,7 @@ fn interleavings() -> Vec<(String, Vec<FixtureRecord>)> {
     orders
 }
 
-fn decode(records: &[FixtureRecord]) -> Vec<Record> {
+pub(crate) fn decode(records: &[FixtureRecord]) -> Vec<Record> {
     let mut decoder = Decoder::new().keep_raw_json(true);
     records.iter().map(|r| decoder.decode(r.raw()).unwrap()).collect()
 }

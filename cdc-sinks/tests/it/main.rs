@@ -11,6 +11,8 @@ mod interleavings;
 mod pg_datalake;
 mod pg_target;
 mod pk_change;
+#[cfg(feature = "delta")]
+mod scd2;
 mod schemas;
 #[cfg(feature = "delta")]
 mod store;

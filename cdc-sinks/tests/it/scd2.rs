@@ -1,0 +1,290 @@
+//! SCD type 2 tables (`mode = "scd2"`) against a reference SCD2 built from
+//! the source's own history: the real-Debezium fixture in the order the
+//! source committed it, replayed to the sink in adversarial interleavings
+//! of its partitions (`interleavings.rs`).
+use std::collections::BTreeMap;
+
+use cdc_core::{Batch, ChangeEvent, Op, Record, Sink, Value};
+use cdc_sinks::delta::deltalake::arrow::array::RecordBatch;
+use cdc_sinks::delta::deltalake::arrow::util::display::array_value_to_string;
+use cdc_sinks::delta::time_travel::{self, AsOf};
+use cdc_sinks::{DeltaConfig, DeltaSink, TableConfig, TableMode};
+
+use crate::interleavings::{decode, in_source_order, interleavings};
+use crate::store::TestRoot;
+
+/// One version of a row, as compared: the order keys of the change that
+/// opened it and of the change whose values it holds, whether it records a
+/// delete, whether it is current, and its start time (µs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Version {
+    opened_by: String,
+    values_of: String,
+    deleted: bool,
+    current: bool,
+    start_at: Option<i64>,
+}
+
+type History = BTreeMap<(String, i64), Vec<Version>>;
+
+fn id_of(event: &ChangeEvent) -> i64 {
+    match event.key.as_deref() {
+        Some([Value::Int(id)]) => *id,
+        other => panic!("the fixture's tables have an integer key, not {other:?}"),
+    }
+}
+
+/// The reference: every change in source commit order opens a version
+/// (a delete a deleted one; a truncate one per live row), unless only
+/// columns outside `track` changed (then the version before takes its
+/// values).
+fn reference(events: &[ChangeEvent], track: &BTreeMap<&str, Vec<&str>>) -> History {
+    let mut history: History = BTreeMap::new();
+    let tracked = |event: &ChangeEvent, columns: &[&str]| -> Vec<Option<Value>> {
+        columns.iter().map(|c| event.after.as_ref().and_then(|a| Some(a[event.schema.index_of(c)?].clone()))).collect()
+    };
+    let mut last_tracked: BTreeMap<(String, i64), Vec<Option<Value>>> = BTreeMap::new();
+    for event in events {
+        let table = event.source.table.clone();
+        if event.op == Op::Truncate {
+            for ((t, _), versions) in history.iter_mut().filter(|((t, _), _)| *t == table) {
+                let _ = t;
+                if let Some(last) = versions.last_mut().filter(|v| v.current) {
+                    last.current = false;
+                    let opened_by = event.order.to_hex();
+                    let start_at = event.source.ts_micros();
+                    versions.push(Version {
+                        values_of: opened_by.clone(),
+                        opened_by,
+                        deleted: true,
+                        current: false,
+                        start_at,
+                    });
+                }
+            }
+            continue;
+        }
+        let row = (table.clone(), id_of(event));
+        let versions = history.entry(row.clone()).or_default();
+        let deleted = event.op == Op::Delete;
+        let order = event.order.to_hex();
+        let columns = track.get(table.as_str());
+        let now = columns.map(|c| tracked(event, c));
+        let fold = !deleted
+            && columns.is_some()
+            && versions.last().is_some_and(|v| !v.deleted)
+            && last_tracked.get(&row) == now.as_ref();
+        if let Some(now) = now {
+            last_tracked.insert(row.clone(), now);
+        }
+        if fold {
+            versions.last_mut().unwrap().values_of = order;
+            continue;
+        }
+        if let Some(last) = versions.last_mut() {
+            last.current = false;
+        }
+        let start_at = event.source.ts_micros();
+        versions.push(Version { opened_by: order.clone(), values_of: order, deleted, current: !deleted, start_at });
+    }
+    history
+}
+
+fn text(batch: &RecordBatch, column: usize, row: usize) -> String {
+    array_value_to_string(batch.column(column), row).unwrap()
+}
+
+/// Every version the sink's SCD2 tables hold, per row in sequence order;
+/// checks each version ends where the next starts.
+async fn stored(config: &DeltaConfig, tables: &[&str]) -> History {
+    let mut history: History = BTreeMap::new();
+    for table in tables {
+        let sql = format!(
+            "SELECT CAST(id AS BIGINT) AS row_id, __start_order, __end_order, _cdc_order, _cdc_deleted, \
+             __is_current, CAST(__start_at AS BIGINT) AS start_micros, CAST(__end_at AS BIGINT) AS end_micros \
+             FROM {table} ORDER BY row_id, __start_order"
+        );
+        let mut ends: BTreeMap<i64, Vec<(String, String, String, String)>> = BTreeMap::new();
+        for batch in time_travel::query(config, &sql, AsOf::Latest).await.unwrap() {
+            for row in 0..batch.num_rows() {
+                let id: i64 = text(&batch, 0, row).parse().unwrap();
+                let start = text(&batch, 1, row);
+                // A place in the sequence is the opening change's order key,
+                // after the place it follows where that one ordered later.
+                let opened_by = start.rsplit('.').next().unwrap().to_owned();
+                let start_at = text(&batch, 6, row).parse().ok();
+                history.entry(((*table).to_owned(), id)).or_default().push(Version {
+                    opened_by,
+                    values_of: text(&batch, 3, row),
+                    deleted: text(&batch, 4, row) == "true",
+                    current: text(&batch, 5, row) == "true",
+                    start_at,
+                });
+                ends.entry(id).or_default().push((
+                    start,
+                    text(&batch, 2, row),
+                    text(&batch, 6, row),
+                    text(&batch, 7, row),
+                ));
+            }
+        }
+        for (id, versions) in ends {
+            for pair in versions.windows(2) {
+                let ((_, end, _, end_at), (next_start, _, next_at, _)) = (&pair[0], &pair[1]);
+                assert_eq!((end, end_at), (next_start, next_at), "{table} {id}: a version ends where the next starts");
+            }
+            let (_, end, _, end_at) = versions.last().unwrap();
+            assert_eq!((end.as_str(), end_at.as_str()), ("", ""), "{table} {id}: the last version is open");
+        }
+    }
+    history
+}
+
+const TABLES: [&str; 5] = ["all_types", "customers", "order_items", "orders", "products"];
+
+/// Replays the first `orders` interleavings in batches of `batch_size`.
+async fn replay_matches_the_reference(track: BTreeMap<&str, Vec<&str>>, batch_size: usize, orders: usize) {
+    let source_order: Vec<ChangeEvent> = decode(&in_source_order())
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Change(e) if e.position.topic.starts_with("cdc.public.") => Some(e),
+            _ => None,
+        })
+        .collect();
+    let expected = reference(&source_order, &track);
+    let expected_big_texts = reference_big_texts(&source_order);
+    for (name, order) in interleavings().into_iter().take(orders) {
+        let root = TestRoot::new();
+        let mut config = root.config();
+        config.history = false;
+        for table in TABLES {
+            let track_history_columns = track.get(table).map(|c| c.iter().map(|c| (*c).to_owned()).collect());
+            config.tables.insert(table.to_owned(), TableConfig { mode: TableMode::Scd2, track_history_columns });
+        }
+        let mut sink = DeltaSink::new(config.clone());
+        let records = decode(&order);
+        for batch in records.chunks(batch_size).map(|chunk| Batch::from_records(chunk.iter().cloned())) {
+            sink.apply(&batch).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        let found = stored(&config, &TABLES).await;
+        assert_eq!(big_texts(&config).await, expected_big_texts, "{name}: TOAST values of all_types");
+        for (row, versions) in &expected {
+            assert_eq!(found.get(row), Some(versions), "{name}: {row:?}");
+        }
+        assert_eq!(found.len(), expected.len(), "{name}: rows");
+    }
+}
+
+/// Every change opens a version; the versions of every row equal the
+/// reference's however the partitions interleave, in batches of 7 (and of
+/// 1, a commit per record, for the first).
+#[tokio::test]
+async fn scd2_tables_hold_the_sources_history_in_any_interleaving() {
+    replay_matches_the_reference(BTreeMap::new(), 7, usize::MAX).await;
+    replay_matches_the_reference(BTreeMap::new(), 1, 1).await;
+}
+
+/// With `track_history_columns`, a change to other columns only updates
+/// the version before.
+#[tokio::test]
+async fn untracked_columns_update_the_current_version_in_place() {
+    let track = BTreeMap::from([("customers", vec!["email"]), ("products", vec!["price"]), ("orders", vec!["status"])]);
+    replay_matches_the_reference(track, 5, 3).await;
+}
+
+/// Per live version of `all_types` (in sequence), the length of
+/// `c_big_text`: a change that left it unchanged (TOASTed, not sent)
+/// keeps the version before's.
+fn reference_big_texts(events: &[ChangeEvent]) -> Vec<(i64, Option<usize>)> {
+    let mut last: BTreeMap<i64, Option<usize>> = BTreeMap::new();
+    let mut versions: BTreeMap<i64, Vec<Option<usize>>> = BTreeMap::new();
+    for event in events.iter().filter(|e| e.source.table == "all_types" && e.op != Op::Truncate) {
+        let id = id_of(event);
+        let Some(after) = &event.after else { continue };
+        let value = match &after[event.schema.index_of("c_big_text").unwrap()] {
+            Value::Unavailable => last.get(&id).copied().flatten(),
+            Value::String(text) => Some(text.len()),
+            _ => None,
+        };
+        last.insert(id, value);
+        versions.entry(id).or_default().push(value);
+    }
+    versions.into_iter().flat_map(|(id, values)| values.into_iter().map(move |v| (id, v))).collect()
+}
+
+async fn big_texts(config: &DeltaConfig) -> Vec<(i64, Option<usize>)> {
+    let sql = "SELECT CAST(id AS BIGINT) AS row_id, CAST(length(c_big_text) AS BIGINT) AS big FROM all_types \
+               WHERE NOT _cdc_deleted ORDER BY row_id, __start_order";
+    let mut found = Vec::new();
+    for batch in time_travel::query(config, sql, AsOf::Latest).await.unwrap() {
+        for row in 0..batch.num_rows() {
+            found.push((text(&batch, 0, row).parse().unwrap(), text(&batch, 1, row).parse().ok()));
+        }
+    }
+    found
+}
+
+/// A transaction open when the snapshot began orders below the snapshot's
+/// reads, yet changes the row after them: its version follows the read's
+/// (as `supersedes` rules), and a re-snapshot's read is a version too.
+#[tokio::test]
+async fn versions_follow_the_partition_where_order_keys_cannot_tell() {
+    for one_per_record in [false, true] {
+        let root = TestRoot::new();
+        let mut config = root.config();
+        config.tables.insert("customers".into(), TableConfig { mode: TableMode::Scd2, track_history_columns: None });
+        let (batches, expected) = crate::support::snapshot_edge_batches(one_per_record);
+        let mut sink = DeltaSink::new(config.clone());
+        for batch in &batches {
+            sink.apply(batch).await.unwrap();
+        }
+        let sql =
+            "SELECT CAST(id AS BIGINT) AS row_id, email, __is_current FROM customers ORDER BY row_id, __start_order";
+        let mut versions: BTreeMap<i64, Vec<(String, bool)>> = BTreeMap::new();
+        for batch in time_travel::query(&config, sql, AsOf::Latest).await.unwrap() {
+            for row in 0..batch.num_rows() {
+                let id = text(&batch, 0, row).parse().unwrap();
+                versions.entry(id).or_default().push((text(&batch, 1, row), text(&batch, 2, row) == "true"));
+            }
+        }
+        let wanted = BTreeMap::from([
+            (
+                1,
+                vec![
+                    ("snapshot@example.com".to_owned(), false),
+                    ("streamed@example.com".to_owned(), false),
+                    ("resnapshot@example.com".to_owned(), true),
+                ],
+            ),
+            (2, vec![("snapshot@example.com".to_owned(), false), ("in-flight@example.com".to_owned(), true)]),
+        ]);
+        assert_eq!(versions, wanted, "one batch per record: {one_per_record}");
+        for (id, email) in expected {
+            assert_eq!(versions[&id].last().unwrap().0, email, "the current-state sink's answer for {id}");
+        }
+    }
+}
+
+/// A replayed batch (fixed dead letters, `reapply`) brings changes the
+/// table holds: each is recognised by its start and adds no version.
+#[tokio::test]
+async fn a_replayed_batch_adds_no_version() {
+    let root = TestRoot::new();
+    let mut config = root.config();
+    config.history = false;
+    for table in TABLES {
+        config.tables.insert(table.to_owned(), TableConfig { mode: TableMode::Scd2, track_history_columns: None });
+    }
+    let records = decode(&in_source_order());
+    let mut sink = DeltaSink::new(config.clone());
+    for chunk in records.chunks(11) {
+        sink.apply(&Batch::from_records(chunk.iter().cloned())).await.unwrap();
+    }
+    let before = stored(&config, &TABLES).await;
+    for chunk in records.chunks(11) {
+        let mut batch = Batch::from_records(chunk.iter().cloned());
+        batch.reapply = true;
+        sink.apply(&batch).await.unwrap();
+    }
+    assert_eq!(stored(&config, &TABLES).await, before);
+}
