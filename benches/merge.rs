@@ -86,7 +86,12 @@ fn merge(c: &mut Criterion) {
                     batch
                         .events
                         .into_iter()
-                        .map(|e| Batch { events: vec![e], offsets: Default::default(), reapply: false })
+                        .map(|e| Batch {
+                            events: vec![e],
+                            offsets: Default::default(),
+                            reapply: false,
+                            transactions: Vec::new(),
+                        })
                         .collect::<Vec<_>>()
                 },
                 |events: Vec<Batch>| {

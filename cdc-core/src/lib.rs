@@ -37,6 +37,7 @@ pub mod arrow;
 pub mod catalog;
 mod collapse;
 pub mod connect;
+pub mod consistency;
 mod decode;
 mod error;
 mod event;

@@ -834,7 +834,9 @@ impl SinkApplier<'_> {
     async fn apply_isolating(mut self, batch: &Batch) -> Result<()> {
         let mut stack = vec![(batch.events.clone(), batch.offsets.clone())];
         while let Some((events, offsets)) = stack.pop() {
-            let part = Batch { events, offsets, reapply: batch.reapply };
+            // Every part carries the batch's END records: a tracker takes
+            // each once, and counts only the changes a part applied.
+            let part = Batch { events, offsets, reapply: batch.reapply, transactions: batch.transactions.clone() };
             let error = match self.apply_with_backoff(&part).await {
                 Ok(()) => continue,
                 Err(error) if error.is_retriable() => return Err(error),
@@ -844,7 +846,7 @@ impl SinkApplier<'_> {
                 Ok([event]) => {
                     self.refuse(&event, error).await?;
                     // Now move the offsets past it, so no sink waits on it again.
-                    let past = Batch { events: Vec::new(), offsets: part.offsets, reapply: false };
+                    let past = Batch { offsets: part.offsets, transactions: part.transactions, ..Batch::default() };
                     self.apply_with_backoff(&past).await?;
                 }
                 Err(events) if events.len() <= 1 => return Err(error), // nothing left to blame

@@ -85,6 +85,9 @@ pub struct Batch {
     /// Apply the events even at or below a sink's stored offsets (fixed dead
     /// letters replayed): each row still moves only forward by order key.
     pub reapply: bool,
+    /// The transaction topic's END records among the batch's records (for
+    /// sinks that track transaction boundaries, `consistency`).
+    pub transactions: Vec<crate::event::TransactionMarker>,
 }
 
 impl Batch {
@@ -92,8 +95,12 @@ impl Batch {
         let mut batch = Batch::default();
         for record in records {
             batch.offsets.advance(record.position());
-            if let Record::Change(event) = record {
-                batch.events.push(event);
+            match record {
+                Record::Change(event) => batch.events.push(event),
+                Record::Transaction(marker) if marker.status == crate::event::TransactionStatus::End => {
+                    batch.transactions.push(marker);
+                }
+                _ => {}
             }
         }
         batch

@@ -4,6 +4,7 @@
 
 mod arrow;
 mod common;
+mod consistency;
 mod errors;
 mod fixtures;
 mod ordering;

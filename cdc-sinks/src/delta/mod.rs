@@ -5,6 +5,7 @@
 //! All deltalake calls of the workspace live in this folder: the deltalake
 //! API moves fast, and one folder absorbs a version bump.
 
+pub mod consistency;
 mod convert;
 mod history;
 pub mod maintenance;
@@ -117,6 +118,15 @@ pub struct DeltaConfig {
     /// before it was turned on keep their properties.
     #[serde(default)]
     pub change_data_feed: bool,
+    /// Record transaction-consistent read points in `cdc_consistency` (see
+    /// `delta/consistency.rs`): needs Debezium's transaction metadata, so
+    /// the consumer subscribes to the `<prefix>.transaction` topic too.
+    #[serde(default)]
+    pub read_points: bool,
+    /// Tables (`schema.table`) the transaction topic counts but this
+    /// consumer does not consume: their changes never arrive.
+    #[serde(default)]
+    pub read_points_ignore: Vec<String>,
     /// Per-table settings, by Delta table name (`[delta.tables.orders]`).
     #[serde(default)]
     pub tables: BTreeMap<String, TableConfig>,
@@ -167,6 +177,8 @@ impl std::fmt::Debug for DeltaConfig {
             .field("storage_option_files", &self.storage_option_files)
             .field("merge_pruning", &self.merge_pruning)
             .field("change_data_feed", &self.change_data_feed)
+            .field("read_points", &self.read_points)
+            .field("read_points_ignore", &self.read_points_ignore)
             .field("tables", &self.tables)
             .finish()
     }
@@ -212,6 +224,8 @@ impl DeltaConfig {
             storage_option_files: HashMap::new(),
             merge_pruning: true,
             change_data_feed: false,
+            read_points: false,
+            read_points_ignore: Vec::new(),
             tables: BTreeMap::new(),
         }
     }
@@ -274,6 +288,7 @@ pub struct DeltaSink {
     config: DeltaConfig,
     tables: HashMap<String, TableState>,
     history: Option<TableState>,
+    read_points: Option<consistency::Recorder>,
     meter: Meter,
     maintenance: Option<maintenance::MaintenancePolicy>,
     due: maintenance::Due,
@@ -343,6 +358,7 @@ impl DeltaSink {
             config,
             tables: HashMap::new(),
             history: None,
+            read_points: None,
             meter: Meter::default(),
             maintenance: None,
             due: maintenance::Due::default(),
@@ -407,6 +423,26 @@ impl DeltaSink {
     /// The latest version of each table this sink has written or opened.
     pub fn versions(&self) -> BTreeMap<String, u64> {
         self.tables.iter().filter_map(|(name, state)| Some((name.clone(), state.table.version()?))).collect()
+    }
+
+    /// The version of every table this sink knows (those it opened at
+    /// start-up, and `written`) and of the history: what a read point
+    /// recorded now reads.
+    async fn versions_after(&mut self, written: impl Iterator<Item = &String>) -> Result<BTreeMap<String, u64>> {
+        let mut names: BTreeSet<String> = self.tables.keys().cloned().collect();
+        names.extend(written.cloned());
+        let mut versions = BTreeMap::new();
+        for name in names {
+            if let Some(version) = self.state(&name).await?.table.version() {
+                versions.insert(name, version);
+            }
+        }
+        if self.config.history
+            && let Some(version) = history::state(&self.config, &mut self.history).await?.table.version()
+        {
+            versions.insert(history::TABLE.to_owned(), version);
+        }
+        Ok(versions)
     }
 
     async fn state(&mut self, name: &str) -> Result<&mut TableState> {
@@ -1141,6 +1177,11 @@ impl Sink for DeltaSink {
             None
         };
         names.remove(history::TABLE);
+        names.remove(consistency::TABLE);
+        self.read_points = None;
+        // The read points table, like the history, must not be ahead: its
+        // tracker counts every change of a batch once, after the tables.
+        let read_points_held = consistency::held(&self.config, &mut self.read_points).await?;
         // A few tables at once: on an object store each open is a few
         // round trips, and a root may hold hundreds of tables.
         let config = &self.config;
@@ -1170,14 +1211,18 @@ impl Sink for DeltaSink {
         }
         let mut offsets = Offsets::new();
         offsets.cluster = cluster;
-        for ((topic, partition), offset) in lowest {
-            let history = history_held.as_ref().map(|(held, _)| held.get(&topic, partition));
-            match history {
-                // The history is behind every table, or holds nothing of it.
-                Some(Some(h)) => offsets.set(Arc::from(topic), partition, offset.min(h)),
-                Some(None) => {}
-                None => offsets.set(Arc::from(topic), partition, offset),
+        'partitions: for ((topic, partition), offset) in lowest {
+            let mut offset = offset;
+            let guards = history_held.iter().map(|(held, _)| held).chain(read_points_held.iter());
+            for guard in guards {
+                match guard.get(&topic, partition) {
+                    // Behind every table.
+                    Some(g) => offset = offset.min(g),
+                    // Holds nothing of it: read it from the group's offset.
+                    None => continue 'partitions,
+                }
             }
+            offsets.set(Arc::from(topic), partition, offset);
         }
         Ok(offsets)
     }
@@ -1244,6 +1289,10 @@ impl Sink for DeltaSink {
         }
         history_written?;
         tables_written?;
+        if self.config.read_points {
+            let versions = self.versions_after(tables.keys()).await?;
+            consistency::record(&self.config, &mut self.read_points, batch, versions).await?;
+        }
         let written = tables.into_keys().chain(write_history.then(|| history::TABLE.to_owned()));
         self.maintain_due(written).await;
         Ok(())

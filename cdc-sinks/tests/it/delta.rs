@@ -41,7 +41,14 @@ async fn apply_with_dead_letters(sink: &mut DeltaSink, batches: &[Batch]) -> Vec
                         && e.schema.field("stock_quantity").is_some_and(|f| f.data_type == cdc_core::DataType::Int64)
                 });
                 dead.extend(bad);
-                sink.apply(&Batch { events: good, offsets: batch.offsets.clone(), reapply: false }).await.unwrap();
+                sink.apply(&Batch {
+                    events: good,
+                    offsets: batch.offsets.clone(),
+                    reapply: false,
+                    transactions: Vec::new(),
+                })
+                .await
+                .unwrap();
             }
         }
     }
@@ -184,8 +191,22 @@ async fn older_events_never_overwrite_newer_rows() {
         .cloned()
         .collect();
     sink.apply(&Batch::from_records(snapshot)).await.unwrap();
-    sink.apply(&Batch { events: vec![moved(newer, 7, 1)], offsets: Offsets::new(), reapply: false }).await.unwrap();
-    sink.apply(&Batch { events: vec![moved(older, 8, 1)], offsets: Offsets::new(), reapply: false }).await.unwrap();
+    sink.apply(&Batch {
+        events: vec![moved(newer, 7, 1)],
+        offsets: Offsets::new(),
+        reapply: false,
+        transactions: Vec::new(),
+    })
+    .await
+    .unwrap();
+    sink.apply(&Batch {
+        events: vec![moved(older, 8, 1)],
+        offsets: Offsets::new(),
+        reapply: false,
+        transactions: Vec::new(),
+    })
+    .await
+    .unwrap();
     let id = match &newer.key.as_ref().unwrap()[0] {
         Value::Int(i) => *i,
         other => panic!("{other:?}"),
@@ -378,11 +399,13 @@ async fn concurrent_writers_both_land() {
         events: vec![moved(updates[0], 1, 1), moved(updates[1], 1, 2)],
         offsets: Offsets::new(),
         reapply: false,
+        transactions: Vec::new(),
     };
     let batch_b = Batch {
         events: vec![moved(updates[2], 2, 1), moved(updates[3], 2, 2)],
         offsets: Offsets::new(),
         reapply: false,
+        transactions: Vec::new(),
     };
     let (ra, rb) = tokio::join!(a.apply(&batch_a), b.apply(&batch_b));
     ra.unwrap();
@@ -609,6 +632,7 @@ async fn truncate_applies_by_order() {
         events: vec![moved(event, partition, 1)],
         offsets: Offsets::new(),
         reapply: false,
+        transactions: Vec::new(),
     };
     let mut sink = DeltaSink::new(config.clone());
     sink.apply(&one(before, 6)).await.unwrap(); // an older row already there

@@ -19,10 +19,23 @@ const PARTITIONS: usize = 8;
 /// its record key hashes to, offsets renumbered per partition. Records
 /// without a key (truncates) go to partition 0.
 pub(crate) fn in_source_order() -> Vec<FixtureRecord> {
+    spread(load("schemas").into_iter().filter(|r| r.topic.starts_with("cdc.public.")).collect())
+}
+
+/// The table records spread as [`in_source_order`], and the transaction
+/// topic's records (one partition, as Debezium creates it) among them.
+pub(crate) fn with_transactions_in_source_order() -> Vec<FixtureRecord> {
+    let records = load("schemas");
+    let keep = |r: &FixtureRecord| r.topic.starts_with("cdc.public.") || r.topic == "cdc.transaction";
+    spread(records.into_iter().filter(keep).collect())
+}
+
+fn spread(source_order: Vec<FixtureRecord>) -> Vec<FixtureRecord> {
     let mut next_offset: BTreeMap<(String, usize), i64> = BTreeMap::new();
     let mut records = Vec::new();
-    for record in load("schemas").into_iter().filter(|r| r.topic.starts_with("cdc.public.")) {
-        let partition = record.key.as_deref().map_or(0, |key| {
+    for record in source_order {
+        let transaction_topic = record.topic == "cdc.transaction";
+        let partition = record.key.as_deref().filter(|_| !transaction_topic).map_or(0, |key| {
             // FNV-1a: stable across runs, spreads keys like a partitioner.
             let hash =
                 key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));

@@ -12,6 +12,8 @@ mod pg_datalake;
 mod pg_target;
 mod pk_change;
 #[cfg(feature = "delta")]
+mod read_points;
+#[cfg(feature = "delta")]
 mod scd2;
 mod schemas;
 #[cfg(feature = "delta")]

@@ -67,7 +67,14 @@ fn source_values() -> Vec<(i32, String, String)> {
 
 async fn apply(sink: &mut dyn Sink, batches: &[Vec<ChangeEvent>]) {
     for events in batches {
-        sink.apply(&Batch { events: events.clone(), offsets: Offsets::new(), reapply: false }).await.unwrap();
+        sink.apply(&Batch {
+            events: events.clone(),
+            offsets: Offsets::new(),
+            reapply: false,
+            transactions: Vec::new(),
+        })
+        .await
+        .unwrap();
     }
 }
 
