@@ -2,7 +2,9 @@
 //! deletes of recently written keys, 20% inserts of new keys: the shape of
 //! an OLTP table's change stream) into a Delta table of 100k and of 1M rows,
 //! against (a) one MERGE per event and (b) a naive MERGE of the whole batch
-//! without the key-range predicate and the append fast path.
+//! without the key-range predicate and the append fast path; and what an
+//! SCD2 table (`mode = "scd2"`: every change a version) and the change data
+//! feed (`change_data_feed`) cost on top of the current-state MERGE.
 //!
 //!   cargo bench --bench merge
 //!
@@ -11,7 +13,7 @@
 mod support;
 
 use cdc_lakehouse::core::{Batch, Sink};
-use cdc_lakehouse::sinks::{DeltaConfig, DeltaSink};
+use cdc_lakehouse::sinks::{DeltaConfig, DeltaSink, TableConfig, TableMode};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use support::Generator;
 use tokio::runtime::Runtime;
@@ -27,11 +29,29 @@ struct Setup {
     next_new: i64,
 }
 
-fn setup(rt: &Runtime, generator: &mut Generator, rows: i64, pruning: bool) -> Setup {
+/// How the benchmark's table is written.
+#[derive(Clone, Copy)]
+enum Variant {
+    /// Current state, with or without MERGE pruning.
+    Current {
+        pruning: bool,
+    },
+    Scd2,
+    ChangeDataFeed,
+}
+
+fn setup(rt: &Runtime, generator: &mut Generator, rows: i64, variant: Variant) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let mut config = DeltaConfig::new(dir.path().to_str().unwrap());
     config.history = false;
-    config.merge_pruning = pruning;
+    match variant {
+        Variant::Current { pruning } => config.merge_pruning = pruning,
+        Variant::Scd2 => {
+            let scd2 = TableConfig { mode: TableMode::Scd2, track_history_columns: None };
+            config.tables.insert("bench_items".into(), scd2);
+        }
+        Variant::ChangeDataFeed => config.change_data_feed = true,
+    }
     let mut sink = DeltaSink::new(config);
     // The initial snapshot, in files of 100k rows clustered by key.
     for start in (1..=rows).step_by(100_000) {
@@ -49,8 +69,14 @@ fn merge(c: &mut Criterion) {
     group.sample_size(10);
     let mut round = 0u64;
     for rows in [100_000i64, 1_000_000] {
-        for (variant, pruning) in [("collapse_prune", true), ("naive", false)] {
-            let mut s = setup(&rt, &mut generator, rows, pruning);
+        let variants = [
+            ("collapse_prune", Variant::Current { pruning: true }),
+            ("naive", Variant::Current { pruning: false }),
+            ("scd2", Variant::Scd2),
+            ("change_data_feed", Variant::ChangeDataFeed),
+        ];
+        for (variant, setting) in variants {
+            let mut s = setup(&rt, &mut generator, rows, setting);
             group.throughput(Throughput::Elements(BATCH as u64));
             let mut batches = 0u64;
             group.bench_function(BenchmarkId::new(format!("{variant}_10k_batch"), rows), |b| {
@@ -75,7 +101,7 @@ fn merge(c: &mut Criterion) {
                 stats.appends
             );
         }
-        let mut s = setup(&rt, &mut generator, rows, true);
+        let mut s = setup(&rt, &mut generator, rows, Variant::Current { pruning: true });
         group.throughput(Throughput::Elements(PER_EVENT as u64));
         group.bench_function(BenchmarkId::new(format!("per_event_merge_{PER_EVENT}_events"), rows), |b| {
             b.iter_batched(

@@ -64,10 +64,10 @@ if [ $# -eq 0 ]; then
     # The workspace's own build (no second feature resolution), its tests filtered.
     if cargo nextest --version >/dev/null 2>&1; then
         CDC_TEST_DELTA_STORE=s3 cargo nextest run --workspace --all-features --locked --no-fail-fast \
-            -E 'package(cdc-sinks) & binary(it) & test(/^(delta::|pk_change::delta_)/)'
+            -E 'package(cdc-sinks) & binary(it) & test(/^(delta::|pk_change::delta_|change_feed::|scd2::a_|scd2::versions_)/)'
     else
         CDC_TEST_DELTA_STORE=s3 cargo test --workspace --all-features --locked --no-fail-fast --test it -- \
-            delta:: pk_change::delta_
+            delta:: pk_change::delta_ change_feed:: scd2::a_ scd2::versions_
     fi
 fi
 
