@@ -109,16 +109,7 @@ fn merge(c: &mut Criterion) {
                     round += 1;
                     let hot = (s.next_new - HOT_KEYS).max(1)..s.next_new + 1;
                     let batch = generator.mixed(PER_EVENT, hot, &mut s.next_new, round);
-                    batch
-                        .events
-                        .into_iter()
-                        .map(|e| Batch {
-                            events: vec![e],
-                            offsets: Default::default(),
-                            reapply: false,
-                            transactions: Vec::new(),
-                        })
-                        .collect::<Vec<_>>()
+                    batch.events.into_iter().map(|e| Batch { events: vec![e], ..Batch::default() }).collect::<Vec<_>>()
                 },
                 |events: Vec<Batch>| {
                     for one in &events {

@@ -363,7 +363,7 @@ mod tests {
         offsets.cluster = view.cluster.as_deref().map(std::sync::Arc::from);
         offsets.set("cdc.public.customers".into(), 1, 41);
         let mut target = cdc_lakehouse::sinks::PgTargetSink::new(config.target.settings.clone());
-        target.apply(&Batch { events: Vec::new(), offsets, reapply: false, transactions: Vec::new() }).await.unwrap();
+        target.apply(&Batch { offsets, ..Batch::default() }).await.unwrap();
         config.delta.enabled = false;
         let findings = check::run(&config, Duration::from_secs(5)).await;
         let failed: Vec<&check::Finding> = findings.iter().filter(|f| !f.ok).collect();

@@ -173,8 +173,10 @@ pub enum PointAt {
 pub async fn as_of(config: &DeltaConfig, at: PointAt) -> Result<Option<ReadPoint>> {
     let table = match time_travel::open(config, TABLE).await {
         Ok(table) => table,
+        // Not created yet, or its first commit landed just after the open
+        // looked (a reader racing the sink's first batch): look once more.
         Err(_) if !time_travel::list_tables(config).await?.iter().any(|t| t == TABLE) => return Ok(None),
-        Err(error) => return Err(error),
+        Err(_) => time_travel::open(config, TABLE).await?,
     };
     let ctx = SessionContext::new();
     time_travel::register(&ctx, TABLE, &table).await?;

@@ -41,14 +41,7 @@ async fn apply_with_dead_letters(sink: &mut DeltaSink, batches: &[Batch]) -> Vec
                         && e.schema.field("stock_quantity").is_some_and(|f| f.data_type == cdc_core::DataType::Int64)
                 });
                 dead.extend(bad);
-                sink.apply(&Batch {
-                    events: good,
-                    offsets: batch.offsets.clone(),
-                    reapply: false,
-                    transactions: Vec::new(),
-                })
-                .await
-                .unwrap();
+                sink.apply(&Batch { events: good, offsets: batch.offsets.clone(), ..Batch::default() }).await.unwrap();
             }
         }
     }
@@ -191,22 +184,8 @@ async fn older_events_never_overwrite_newer_rows() {
         .cloned()
         .collect();
     sink.apply(&Batch::from_records(snapshot)).await.unwrap();
-    sink.apply(&Batch {
-        events: vec![moved(newer, 7, 1)],
-        offsets: Offsets::new(),
-        reapply: false,
-        transactions: Vec::new(),
-    })
-    .await
-    .unwrap();
-    sink.apply(&Batch {
-        events: vec![moved(older, 8, 1)],
-        offsets: Offsets::new(),
-        reapply: false,
-        transactions: Vec::new(),
-    })
-    .await
-    .unwrap();
+    sink.apply(&Batch { events: vec![moved(newer, 7, 1)], ..Batch::default() }).await.unwrap();
+    sink.apply(&Batch { events: vec![moved(older, 8, 1)], ..Batch::default() }).await.unwrap();
     let id = match &newer.key.as_ref().unwrap()[0] {
         Value::Int(i) => *i,
         other => panic!("{other:?}"),
@@ -395,18 +374,8 @@ async fn concurrent_writers_both_land() {
     b_config.consumer = "writer-b".into();
     let mut a = DeltaSink::new(a_config);
     let mut b = DeltaSink::new(b_config);
-    let batch_a = Batch {
-        events: vec![moved(updates[0], 1, 1), moved(updates[1], 1, 2)],
-        offsets: Offsets::new(),
-        reapply: false,
-        transactions: Vec::new(),
-    };
-    let batch_b = Batch {
-        events: vec![moved(updates[2], 2, 1), moved(updates[3], 2, 2)],
-        offsets: Offsets::new(),
-        reapply: false,
-        transactions: Vec::new(),
-    };
+    let batch_a = Batch { events: vec![moved(updates[0], 1, 1), moved(updates[1], 1, 2)], ..Batch::default() };
+    let batch_b = Batch { events: vec![moved(updates[2], 2, 1), moved(updates[3], 2, 2)], ..Batch::default() };
     let (ra, rb) = tokio::join!(a.apply(&batch_a), b.apply(&batch_b));
     ra.unwrap();
     rb.unwrap();
@@ -628,12 +597,8 @@ async fn truncate_applies_by_order() {
     let same_table = |e: &&&ChangeEvent| e.source.table == truncate.source.table && e.key.is_some();
     let after = events.iter().filter(same_table).find(|e| e.order > truncate.order).expect("a row after it");
     let before = events.iter().filter(same_table).find(|e| e.order < truncate.order && e.key != after.key).unwrap();
-    let one = |event: &ChangeEvent, partition: i32| Batch {
-        events: vec![moved(event, partition, 1)],
-        offsets: Offsets::new(),
-        reapply: false,
-        transactions: Vec::new(),
-    };
+    let one =
+        |event: &ChangeEvent, partition: i32| Batch { events: vec![moved(event, partition, 1)], ..Batch::default() };
     let mut sink = DeltaSink::new(config.clone());
     sink.apply(&one(before, 6)).await.unwrap(); // an older row already there
     sink.apply(&one(after, 7)).await.unwrap();

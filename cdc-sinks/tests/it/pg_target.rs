@@ -115,24 +115,8 @@ async fn older_events_never_overwrite_newer_rows() {
     let snapshot: Vec<Record> =
         records.iter().filter(|r| matches!(r, Record::Change(e) if e.op == cdc_core::Op::Read)).cloned().collect();
     target.apply(&Batch::from_records(snapshot)).await.unwrap();
-    target
-        .apply(&Batch {
-            events: vec![moved(newer, 7, 1)],
-            offsets: Offsets::new(),
-            reapply: false,
-            transactions: Vec::new(),
-        })
-        .await
-        .unwrap();
-    target
-        .apply(&Batch {
-            events: vec![moved(older, 8, 1)],
-            offsets: Offsets::new(),
-            reapply: false,
-            transactions: Vec::new(),
-        })
-        .await
-        .unwrap();
+    target.apply(&Batch { events: vec![moved(newer, 7, 1)], ..Batch::default() }).await.unwrap();
+    target.apply(&Batch { events: vec![moved(older, 8, 1)], ..Batch::default() }).await.unwrap();
     let mirror = connect(&url).await;
     let id = match &newer.key.as_ref().unwrap()[0] {
         cdc_core::Value::Int(i) => *i as i32,
@@ -292,34 +276,10 @@ async fn a_deleted_row_stays_deleted_when_an_older_event_arrives_later() {
         })
         .expect("a deleted row with an earlier change");
     let mut target = sink(&url);
-    target
-        .apply(&Batch {
-            events: vec![moved(older, 7, 1)],
-            offsets: Offsets::new(),
-            reapply: false,
-            transactions: Vec::new(),
-        })
-        .await
-        .unwrap();
-    target
-        .apply(&Batch {
-            events: vec![moved(delete, 8, 1)],
-            offsets: Offsets::new(),
-            reapply: false,
-            transactions: Vec::new(),
-        })
-        .await
-        .unwrap();
+    target.apply(&Batch { events: vec![moved(older, 7, 1)], ..Batch::default() }).await.unwrap();
+    target.apply(&Batch { events: vec![moved(delete, 8, 1)], ..Batch::default() }).await.unwrap();
     // The same older change again, as another partition would deliver it late.
-    target
-        .apply(&Batch {
-            events: vec![moved(older, 9, 1)],
-            offsets: Offsets::new(),
-            reapply: false,
-            transactions: Vec::new(),
-        })
-        .await
-        .unwrap();
+    target.apply(&Batch { events: vec![moved(older, 9, 1)], ..Batch::default() }).await.unwrap();
     let mirror = connect(&url).await;
     let sql = format!("SELECT count(*) FROM \"{}\".\"{}\" WHERE id = $1", delete.source.schema, delete.source.table);
     let count: i64 = mirror.query_one(&sql, &[&int_key(delete)]).await.unwrap().get(0);
@@ -339,33 +299,9 @@ async fn truncate_applies_by_order() {
     let after = events.iter().filter(same_table).find(|e| e.order > truncate.order).expect("a row after it");
     let before = events.iter().filter(same_table).find(|e| e.order < truncate.order && e.key != after.key).unwrap();
     let mut target = sink(&url);
-    target
-        .apply(&Batch {
-            events: vec![moved(after, 7, 1)],
-            offsets: Offsets::new(),
-            reapply: false,
-            transactions: Vec::new(),
-        })
-        .await
-        .unwrap();
-    target
-        .apply(&Batch {
-            events: vec![moved(truncate, 8, 1)],
-            offsets: Offsets::new(),
-            reapply: false,
-            transactions: Vec::new(),
-        })
-        .await
-        .unwrap();
-    target
-        .apply(&Batch {
-            events: vec![moved(before, 9, 1)],
-            offsets: Offsets::new(),
-            reapply: false,
-            transactions: Vec::new(),
-        })
-        .await
-        .unwrap();
+    target.apply(&Batch { events: vec![moved(after, 7, 1)], ..Batch::default() }).await.unwrap();
+    target.apply(&Batch { events: vec![moved(truncate, 8, 1)], ..Batch::default() }).await.unwrap();
+    target.apply(&Batch { events: vec![moved(before, 9, 1)], ..Batch::default() }).await.unwrap();
     let mirror = connect(&url).await;
     let sql = format!("SELECT id FROM \"{}\".\"{}\" ORDER BY id", truncate.source.schema, truncate.source.table);
     let ids: Vec<i32> = mirror.query(&sql, &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
@@ -475,7 +411,7 @@ async fn tombstones_go_once_every_partition_has_passed_them() {
                 offsets.advance(&event.position);
             }
             offsets.partition_counts.insert("cdc.public.customers".into(), partitions);
-            Batch { events, offsets, reapply: false, transactions: Vec::new() }
+            Batch { events, offsets, ..Batch::default() }
         };
         let mut target = sink(&url);
         target.apply(&batch(vec![moved(delete, 0, 10)])).await.unwrap();

@@ -4,7 +4,7 @@
 //! unavailable placeholder; the value exists only in the old key's row. Every
 //! sink must carry it over, whether the two land in one batch, the delete in
 //! an earlier batch, or the create first (from another partition).
-use cdc_core::{Batch, ChangeEvent, Offsets, Op, Record, Sink, Value};
+use cdc_core::{Batch, ChangeEvent, Op, Record, Sink, Value};
 use cdc_sinks::{PgConnectionConfig, PgDatalakeSink, PgTargetSink};
 
 use crate::support::{connect, fixture_records, fresh_database, moved};
@@ -67,14 +67,7 @@ fn source_values() -> Vec<(i32, String, String)> {
 
 async fn apply(sink: &mut dyn Sink, batches: &[Vec<ChangeEvent>]) {
     for events in batches {
-        sink.apply(&Batch {
-            events: events.clone(),
-            offsets: Offsets::new(),
-            reapply: false,
-            transactions: Vec::new(),
-        })
-        .await
-        .unwrap();
+        sink.apply(&Batch { events: events.clone(), ..Batch::default() }).await.unwrap();
     }
 }
 
