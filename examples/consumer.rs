@@ -93,6 +93,17 @@ async fn main() -> anyhow::Result<()> {
         None => Box::new(MemoryDeadLetters::default()),
     };
     let mut pipeline = config.pipeline(dead_letters);
+    // Read points count each transaction's changes against its END record.
+    if config.delta.enabled
+        && config.delta.settings.read_points
+        && !config.kafka.topics.iter().any(|t| t.contains("transaction"))
+    {
+        tracing::warn!(
+            topics = ?config.kafka.topics,
+            "delta.read_points is on but no topic names the transaction topic (cdc.transaction): \
+             no read point will be recorded"
+        );
+    }
     config.kafka.progress_secs = config.kafka.progress_secs.max(1);
     let source = KafkaSource::new(&config.kafka, &mut pipeline).await?;
     let idle = (args.stop_when_idle_secs > 0).then(|| Duration::from_secs(args.stop_when_idle_secs));
