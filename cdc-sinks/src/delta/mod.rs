@@ -761,6 +761,7 @@ async fn apply_events(
             .collect();
         let table_config = config.table(name);
         let scd2 = table_config.mode == TableMode::Scd2;
+        mode_matches_table(name, &state.table, table_config.mode)?;
         let table = match truncating {
             Some(event) if scd2 => {
                 scd2::truncate(config, name, (table, state.schema.as_ref()), event, properties, meter).await?
@@ -803,6 +804,27 @@ async fn apply_events(
         meter.counts.commits += 1;
     }
     Ok(())
+}
+
+/// A table keeps the mode it was created in: a current-state MERGE on an
+/// SCD2 table would rewrite every version of a key, and SCD2 needs its
+/// version columns. A mismatch is the configuration's, not the events':
+/// reported as an outage (retried, logged, never dead-lettered) until the
+/// configuration names a table of its own for the new mode.
+fn mode_matches_table(name: &str, table: &DeltaTable, mode: TableMode) -> Result<()> {
+    let Some(schema) = convert::table_schema(table)? else { return Ok(()) };
+    let holds_versions = schema.field_with_name(scd2::START_ORDER).is_ok();
+    if holds_versions == (mode == TableMode::Scd2) {
+        return Ok(());
+    }
+    let (was, now) = if holds_versions { ("an SCD2", "current") } else { ("a current-state", "scd2") };
+    Err(Error::Unavailable {
+        sink: NAME.into(),
+        message: format!(
+            "Delta table {name} is {was} table but delta.tables.{name}.mode is {now}: a table keeps its mode; \
+             give the new mode a table of its own (another table_name or root) or restore the mode"
+        ),
+    })
 }
 
 /// The source schema of every column the table holds once `events` are

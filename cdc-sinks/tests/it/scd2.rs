@@ -288,3 +288,27 @@ async fn a_replayed_batch_adds_no_version() {
     }
     assert_eq!(stored(&config, &TABLES).await, before);
 }
+
+/// A table keeps the mode it was created in: switching the configuration
+/// stops the sink with an outage naming the table (never dead letters, and
+/// never a current-state MERGE over every version of a key).
+#[tokio::test]
+async fn a_table_keeps_the_mode_it_was_created_in() {
+    let records: Vec<Record> = decode(&in_source_order())
+        .into_iter()
+        .filter(|r| matches!(r, Record::Change(e) if e.source.table == "customers"))
+        .collect();
+    let (first, rest) = records.split_at(4);
+    for created_as in [TableMode::Current, TableMode::Scd2] {
+        let root = TestRoot::new();
+        let mut config = root.config();
+        config.history = false;
+        let table = |mode| TableConfig { mode, track_history_columns: None };
+        config.tables.insert("customers".into(), table(created_as));
+        DeltaSink::new(config.clone()).apply(&Batch::from_records(first.iter().cloned())).await.unwrap();
+        let other = if created_as == TableMode::Scd2 { TableMode::Current } else { TableMode::Scd2 };
+        config.tables.insert("customers".into(), table(other));
+        let error = DeltaSink::new(config).apply(&Batch::from_records(rest.iter().cloned())).await.unwrap_err();
+        assert!(error.is_outage() && error.to_string().contains("keeps its mode"), "{error}");
+    }
+}
