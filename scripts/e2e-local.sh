@@ -44,7 +44,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 fail() { echo "e2e-local: $*" >&2; for f in debezium.log broker.log consumer.log; do echo "--- $f" >&2; tail -30 "$work/$f" >&2 || true; done; exit 1; }
 
-cargo build --quiet --locked --example consumer --example kafka_broker
+cargo build --quiet --locked --example consumer --example kafka_broker --example query
 bin=$root/target/debug/examples
 libs=$("$root/scripts/debezium-jars.sh")
 mkdir -p "$work/java"
@@ -87,9 +87,16 @@ for _ in $(seq 1 60); do [ -s "$work/kafka.addr" ] && break; sleep 1; done
 [ -s "$work/kafka.addr" ] || fail "the broker did not start"
 brokers=$(cat "$work/kafka.addr")
 
-# The consumer, configured as a user would: environment variables.
-spawn env CDC_BROKERS="$brokers" CDC_GROUP_ID=e2e-local CDC_DELTA_ROOT="$work/deltalake" \
-    CDC_TARGET_URL="$(db target_db)" CDC_DATALAKE_URL="$(db datalake_db)" \
+# The consumer, configured as a user would: environment variables, and a
+# file for transaction-consistent read points (the transaction topic too).
+cat >"$work/consumer.toml" <<'TOML'
+[kafka]
+topics = ["^cdc\\.public\\..*", "cdc.transaction"]
+[delta]
+read_points = true
+TOML
+spawn env CDC_CONFIG="$work/consumer.toml" CDC_BROKERS="$brokers" CDC_GROUP_ID=e2e-local \
+    CDC_DELTA_ROOT="$work/deltalake" CDC_TARGET_URL="$(db target_db)" CDC_DATALAKE_URL="$(db datalake_db)" \
     "$bin/consumer" >"$work/consumer.log" 2>&1
 consumer=${pids[-1]}
 
@@ -120,6 +127,25 @@ psql -X -q "$(db source_db)" -c "UPDATE customers SET address = 'last change', u
 
 echo "e2e-local: waiting for every change to reach every sink"
 check --wait 180 || fail "the sinks do not equal the source"
+
+# Quiet now: the newest read point is the source's last transaction, and
+# reading every table at it shows the source (the workload's transactions
+# each changed orders and order_items together).
+echo "e2e-local: the newest transaction-consistent read point equals the source"
+consistent_count() {
+    "$bin/query" --root "$work/deltalake" --consistent "SELECT count(*) AS n FROM $1" 2>>"$work/query.log" \
+        | sed -n 's/^| *\([0-9][0-9]*\) *|$/\1/p'
+}
+for table in orders order_items; do
+    wanted=$(psql -X -tA "$(db source_db)" -c "SELECT count(*) FROM $table")
+    found=""
+    for _ in $(seq 1 60); do
+        found=$(consistent_count "$table" || true)
+        [ "$found" = "$wanted" ] && break
+        sleep 1
+    done
+    [ "$found" = "$wanted" ] || fail "read point: $table has ${found:-no read point} rows, the source $wanted (see $work/query.log)"
+done
 
 kill -TERM "$consumer"
 status=0
