@@ -146,7 +146,9 @@ pub async fn maintain(config: &DeltaConfig, name: &str, policy: &MaintenancePoli
     let files = table.snapshot().map_err(|e| delta_error(&e))?.log_data().num_files();
     let mut report = MaintenanceReport::default();
     if files >= policy.optimize_min_files {
-        let zorder: Vec<String> = if name == super::history::TABLE { Vec::new() } else { policy.zorder_by.clone() };
+        // The history and the read points have no key columns to Z-order by.
+        let keyless = [super::history::TABLE, super::consistency::TABLE].contains(&name);
+        let zorder: Vec<String> = if keyless { Vec::new() } else { policy.zorder_by.clone() };
         report = optimize(config, name, &zorder).await?;
         report.checkpoint_version = checkpoint(config, name).await?.checkpoint_version;
         if policy.cleanup_logs {

@@ -404,6 +404,8 @@ impl DeltaSink {
             // Its commits moved the table on: read it again before writing.
             if table == history::TABLE {
                 self.history = None;
+            } else if table == consistency::TABLE {
+                self.read_points = None;
             } else {
                 self.tables.remove(&table);
             }
@@ -1315,7 +1317,12 @@ impl Sink for DeltaSink {
             let versions = self.versions_after(tables.keys()).await?;
             consistency::record(&self.config, &mut self.read_points, batch, versions).await?;
         }
-        let written = tables.into_keys().chain(write_history.then(|| history::TABLE.to_owned()));
+        // The read points table too: a small file per batch, compacted on
+        // the same schedule.
+        let written = tables
+            .into_keys()
+            .chain(write_history.then(|| history::TABLE.to_owned()))
+            .chain(self.config.read_points.then(|| consistency::TABLE.to_owned()));
         self.maintain_due(written).await;
         Ok(())
     }

@@ -159,3 +159,32 @@ async fn every_read_point_shows_the_source_at_one_transaction_boundary() {
         }
     }
 }
+
+/// Scheduled maintenance compacts the read points table too (a small file
+/// per batch), without Z-ordering it by the tables' key, and the newest
+/// read point stays readable.
+#[tokio::test]
+async fn maintenance_compacts_the_read_points() {
+    use cdc_sinks::delta::maintenance::MaintenancePolicy;
+    let source = with_transactions_in_source_order();
+    let records = decode(&source);
+    let states = source_states(&records);
+    let root = TestRoot::new();
+    let mut config = root.config();
+    config.read_points = true;
+    config.read_points_ignore = vec!["public.capture_marker".into()];
+    let schedule = MaintenancePolicy {
+        every_commits: 3,
+        optimize_min_files: 2,
+        zorder_by: vec!["id".into()],
+        ..Default::default()
+    };
+    let mut sink = DeltaSink::new(config.clone()).with_maintenance(schedule);
+    for chunk in records.chunks(9) {
+        sink.apply(&Batch::from_records(chunk.iter().cloned())).await.unwrap();
+    }
+    let history = cdc_sinks::delta::time_travel::history(&config, consistency::TABLE).await.unwrap();
+    assert!(history.iter().any(|h| h.operation == "OPTIMIZE"), "never compacted: {history:?}");
+    let point = consistency::latest(&config).await.unwrap().expect("a read point");
+    assert_eq!(states.get(&point.boundary.id), Some(&read(&config, &point).await));
+}
