@@ -7,6 +7,7 @@
 //! feed (`change_data_feed`) cost on top of the current-state MERGE.
 //!
 //!   cargo bench --bench merge
+//!   CDC_BENCH_MERGE_ROWS=100000 cargo bench --bench merge -- '(collapse_prune|scd2|change_data_feed)_10k'
 //!
 //! Prints the files rewritten per batch after each benchmark. Element
 //! throughput is events.
@@ -68,7 +69,13 @@ fn merge(c: &mut Criterion) {
     let mut group = c.benchmark_group("delta_merge");
     group.sample_size(10);
     let mut round = 0u64;
-    for rows in [100_000i64, 1_000_000] {
+    // CDC_BENCH_MERGE_ROWS=100000 measures one table size only (each size
+    // first writes its snapshot, for every variant, filtered or not).
+    let sizes: Vec<i64> = match std::env::var("CDC_BENCH_MERGE_ROWS") {
+        Ok(rows) => rows.split(',').filter_map(|r| r.trim().parse().ok()).collect(),
+        Err(_) => vec![100_000, 1_000_000],
+    };
+    for rows in sizes {
         let variants = [
             ("collapse_prune", Variant::Current { pruning: true }),
             ("naive", Variant::Current { pruning: false }),
