@@ -282,19 +282,8 @@ print(json.dumps({"version": dt.version(), "ids": sorted(r["id"] for r in rows),
 import os
 os._exit(0)
 "#;
-    // scripts/test.sh points CDC_TEST_PYTHON at the .venv it installs deltalake into.
-    let python = std::env::var("CDC_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let output = std::process::Command::new(&python)
-        .args(["-c", script, &root.table_url("customers"), &serde_json::to_string(&config.storage_options).unwrap()])
-        .output()
-        .unwrap_or_else(|e| panic!("{python}: {e}"));
-    assert!(
-        output.status.success(),
-        "the Python deltalake package could not read the table with {python} (scripts/test.sh installs it \
-         into .venv and sets CDC_TEST_PYTHON): {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let options = serde_json::to_string(&config.storage_options).unwrap();
+    let seen = python_json(script, &[&root.table_url("customers"), &options]);
     let mut memory = MemorySink::new();
     for event in changes(&customers) {
         memory.apply_event(event);

@@ -702,16 +702,6 @@ os._exit(0)
     let spec: Vec<(&str, &[&str])> = tables.iter().copied().zip(PYTHON_COLUMNS.iter().copied()).collect();
     assert_eq!(spec.len(), tables.len(), "a Python column list per query");
     let spec = serde_json::to_string(&spec).unwrap();
-    // scripts/test.sh points CDC_TEST_PYTHON at the .venv it installs deltalake into.
-    let python = std::env::var("CDC_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let output = std::process::Command::new(&python)
-        .args(["-c", script, root.to_str().unwrap(), &spec, if overflow { "true" } else { "false" }])
-        .output()
-        .unwrap_or_else(|e| panic!("{python}: {e}"));
-    assert!(
-        output.status.success(),
-        "the Python deltalake package could not read the tables (scripts/test.sh installs it): {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    let overflow = if overflow { "true" } else { "false" };
+    serde_json::from_value(crate::support::python_json(script, &[root.to_str().unwrap(), &spec, overflow])).unwrap()
 }
