@@ -192,15 +192,16 @@ async fn run_demo(mut config: Config, demo_root: &str) -> anyhow::Result<()> {
     config.delta.enabled = true;
     config.delta.settings.root = demo_root.into();
     config.delta.settings.consumer = DEMO_CONSUMER.into();
-    for (toggle, variable) in
-        [(&mut config.target, "CDC_DEMO_TARGET_URL"), (&mut config.datalake, "CDC_DEMO_DATALAKE_URL")]
-    {
+    for (toggle, connection, variable) in [
+        (&mut config.target.enabled, &mut config.target.settings.connection, "CDC_DEMO_TARGET_URL"),
+        (&mut config.datalake.enabled, &mut config.datalake.settings, "CDC_DEMO_DATALAKE_URL"),
+    ] {
         let url = std::env::var(variable).ok().filter(|url| !url.is_empty());
-        toggle.enabled = url.is_some();
+        *toggle = url.is_some();
         if let Some(url) = url {
-            toggle.settings.url = cdc_lakehouse::sinks::PgUrl::new(url);
-            toggle.settings.consumer = DEMO_CONSUMER.into();
-            println!("demo: also into {} ({variable})", toggle.settings.url);
+            connection.url = cdc_lakehouse::sinks::PgUrl::new(url);
+            connection.consumer = DEMO_CONSUMER.into();
+            println!("demo: also into {} ({variable})", connection.url);
         }
     }
     println!("demo: Delta tables under {demo_root} (consumer name {DEMO_CONSUMER})");
@@ -361,8 +362,8 @@ mod tests {
         let mut config = Config::default();
         config.kafka.brokers = cluster.bootstrap_servers();
         config.delta.settings.root = dir.path().join("delta").to_str().unwrap().into();
-        config.target.settings.url = cdc_lakehouse::sinks::PgUrl::new(&pg);
-        config.target.settings.consumer = format!("check-test-{}", std::process::id());
+        config.target.settings.connection.url = cdc_lakehouse::sinks::PgUrl::new(&pg);
+        config.target.settings.connection.consumer = format!("check-test-{}", std::process::id());
         config.datalake.enabled = false;
         let findings = check::run(&config, Duration::from_secs(5)).await;
         assert!(findings.iter().all(|f| f.ok), "{findings:#?}");
@@ -373,7 +374,7 @@ mod tests {
         let mut offsets = Offsets::new();
         offsets.cluster = view.cluster.as_deref().map(std::sync::Arc::from);
         offsets.set("cdc.public.customers".into(), 1, 41);
-        let mut target = cdc_lakehouse::sinks::PgTargetSink::new(config.target.settings.clone());
+        let mut target = cdc_lakehouse::sinks::PgTargetSink::new(config.target.settings.connection.clone());
         target.apply(&Batch { offsets, ..Batch::default() }).await.unwrap();
         config.delta.enabled = false;
         let findings = check::run(&config, Duration::from_secs(5)).await;
@@ -385,7 +386,7 @@ mod tests {
         broken.kafka.brokers = "127.0.0.1:1".into();
         broken.kafka.topics = vec!["cdc.public.nothing".into()];
         broken.delta.settings.root = "/proc/cdc-check-cannot-write".into();
-        broken.target.settings.url = cdc_lakehouse::sinks::PgUrl::new(format!("{pg}_no_such_database"));
+        broken.target.settings.connection.url = cdc_lakehouse::sinks::PgUrl::new(format!("{pg}_no_such_database"));
         broken.datalake.enabled = false;
         let findings = check::run(&broken, Duration::from_secs(2)).await;
         let failed: Vec<&str> = findings.iter().filter(|f| !f.ok).map(|f| f.subject.as_str()).collect();

@@ -87,10 +87,13 @@ async fn main() -> anyhow::Result<()> {
         config.delta.enabled = true;
         config.delta.settings.root = root.clone();
     }
-    for (url, section) in [(&args.target_url, &mut config.target), (&args.datalake_url, &mut config.datalake)] {
+    for (url, enabled, connection) in [
+        (&args.target_url, &mut config.target.enabled, &mut config.target.settings.connection),
+        (&args.datalake_url, &mut config.datalake.enabled, &mut config.datalake.settings),
+    ] {
         if let Some(url) = url {
-            section.enabled = true;
-            section.settings.url = PgUrl::new(url.as_str());
+            *enabled = true;
+            connection.url = PgUrl::new(url.as_str());
         }
     }
     if let Some(url) = &args.source_schema_url {

@@ -46,6 +46,7 @@ pub mod jsonl;
 pub mod memory;
 pub mod pipeline;
 pub mod renames;
+pub mod scd2;
 mod schema;
 mod sink;
 #[cfg(feature = "test-utils")]

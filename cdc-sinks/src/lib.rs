@@ -23,10 +23,12 @@
 pub mod delta;
 #[cfg(feature = "postgres")]
 pub mod pg;
+pub mod tables;
 
 #[cfg(feature = "delta")]
-pub use delta::{ApplyStats, DeltaConfig, DeltaSink, TableConfig, TableMode};
+pub use delta::{ApplyStats, DeltaConfig, DeltaSink};
 #[cfg(feature = "postgres")]
 pub use pg::{
     DATALAKE_DDL, PgConnectionConfig, PgDatalakeSink, PgSourceCatalog, PgTargetSink, PgUrl, pg_type, quote_ident,
 };
+pub use tables::{TableConfig, TableMode};

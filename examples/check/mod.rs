@@ -53,9 +53,12 @@ pub async fn run(config: &Config, wait: Duration) -> Vec<Finding> {
             None
         }
     };
-    for (name, toggle) in [("target", &config.target), ("datalake", &config.datalake)] {
-        if toggle.enabled {
-            findings.push(postgres(name, &toggle.settings, true).await);
+    for (name, enabled, connection) in [
+        ("target", config.target.enabled, &config.target.settings.connection),
+        ("datalake", config.datalake.enabled, &config.datalake.settings),
+    ] {
+        if enabled {
+            findings.push(postgres(name, connection, true).await);
         }
     }
     if let Some(connection) = config.source.catalog_connection() {
@@ -73,7 +76,7 @@ pub async fn run(config: &Config, wait: Duration) -> Vec<Finding> {
 fn describe(config: &Config) -> String {
     let sinks: Vec<String> = [
         config.delta.enabled.then(|| format!("delta {}", config.delta.settings.root)),
-        config.target.enabled.then(|| format!("target {}", config.target.settings.describe())),
+        config.target.enabled.then(|| format!("target {}", config.target.settings.connection.describe())),
         config.datalake.enabled.then(|| format!("datalake {}", config.datalake.settings.describe())),
     ]
     .into_iter()

@@ -10,9 +10,10 @@ use cdc_lakehouse::core::{Decoder, Sink};
 use cdc_lakehouse::kafka::KafkaConfig;
 use cdc_lakehouse::sinks::delta::maintenance::MaintenancePolicy;
 use cdc_lakehouse::sinks::{
-    DeltaConfig, DeltaSink, PgConnectionConfig, PgDatalakeSink, PgSourceCatalog, PgTargetSink, PgUrl,
+    DeltaConfig, DeltaSink, PgConnectionConfig, PgDatalakeSink, PgSourceCatalog, PgTargetSink, PgUrl, TableConfig,
 };
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// The consumer's configuration. Every key is optional, in every section:
 /// a file's keys are laid over the defaults (the seed deployment's) section
@@ -28,7 +29,7 @@ pub struct Config {
     /// Backoff for sink outages (retriable errors).
     pub retry: RetryPolicy,
     pub delta: Toggle<DeltaConfig>,
-    pub target: Toggle<PgConnectionConfig>,
+    pub target: Toggle<TargetConfig>,
     pub datalake: Toggle<PgConnectionConfig>,
     /// Column types of schemaless topics (`value.converter.schemas.enable=false`).
     pub source: SourceConfig,
@@ -65,6 +66,17 @@ pub struct SourceConfig {
     /// the same type at the same position in one schema change).
     #[serde(default)]
     pub rename_detection: RenameDetection,
+}
+
+/// The `[target]` section: the connection, and per-table settings
+/// (`[target.tables.<table>] mode = "scd2"`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct TargetConfig {
+    #[serde(flatten)]
+    pub connection: PgConnectionConfig,
+    /// By source table name or `schema.table`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tables: BTreeMap<String, TableConfig>,
 }
 
 /// A sink section: `enabled = false` switches it off.
@@ -104,7 +116,12 @@ impl Default for Config {
             delta: Toggle { enabled: true, settings: DeltaConfig::new("./deltalake") },
             target: Toggle {
                 enabled: true,
-                settings: PgConnectionConfig::new("postgres://target_user:target_password@localhost:5435/target_db"),
+                settings: TargetConfig {
+                    connection: PgConnectionConfig::new(
+                        "postgres://target_user:target_password@localhost:5435/target_db",
+                    ),
+                    tables: BTreeMap::new(),
+                },
             },
             datalake: Toggle {
                 enabled: true,
@@ -141,7 +158,7 @@ impl Config {
             config.delta.settings.root = v;
         }
         if let Some(v) = env("CDC_TARGET_URL") {
-            config.target.settings.url = PgUrl::new(v);
+            config.target.settings.connection.url = PgUrl::new(v);
         }
         if let Some(v) = env("CDC_DATALAKE_URL") {
             config.datalake.settings.url = PgUrl::new(v);
@@ -151,7 +168,7 @@ impl Config {
         }
         // Secrets from files (mounted secrets), never inline.
         for (prefix, connection) in
-            [("CDC_TARGET", &mut config.target.settings), ("CDC_DATALAKE", &mut config.datalake.settings)]
+            [("CDC_TARGET", &mut config.target.settings.connection), ("CDC_DATALAKE", &mut config.datalake.settings)]
         {
             if let Some(v) = env(&format!("{prefix}_URL_FILE")) {
                 connection.url_file = Some(v.into());
@@ -220,7 +237,9 @@ impl Config {
         }
         if self.target.enabled {
             sinks.push(Box::new(
-                PgTargetSink::new(self.target.settings.clone()).with_handling_modes(self.source.modes.clone()),
+                PgTargetSink::new(self.target.settings.connection.clone())
+                    .with_handling_modes(self.source.modes.clone())
+                    .with_tables(self.target.settings.tables.clone()),
             ));
         }
         if self.datalake.enabled {

@@ -33,6 +33,7 @@ use deltalake::{DeltaTable, DeltaTableError};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
+pub use crate::tables::{TableConfig, TableMode};
 /// The Arrow batch a Delta table gets for a converted batch (for tests of
 /// the type mapping; the sink calls it itself).
 #[doc(hidden)]
@@ -130,32 +131,6 @@ pub struct DeltaConfig {
     /// Per-table settings, by Delta table name (`[delta.tables.orders]`).
     #[serde(default)]
     pub tables: BTreeMap<String, TableConfig>,
-}
-
-/// How one table is written.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TableConfig {
-    #[serde(default)]
-    pub mode: TableMode,
-    /// SCD2 only: the columns whose changes open a new version. A change to
-    /// other columns alone updates the current version in place (Databricks'
-    /// `TRACK HISTORY ON`). Unset: every change opens a version.
-    #[serde(default)]
-    pub track_history_columns: Option<Vec<String>>,
-}
-
-/// What a table holds.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum TableMode {
-    /// One row per key: its current state (deleted rows removed, or flagged
-    /// with `soft_delete`).
-    #[default]
-    Current,
-    /// Slowly changing dimension type 2: every version of every row, with
-    /// `__start_at` / `__end_at` / `__is_current` (see `delta/scd2.rs`).
-    Scd2,
 }
 
 impl std::fmt::Debug for DeltaConfig {

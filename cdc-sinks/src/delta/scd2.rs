@@ -13,12 +13,13 @@
 //!
 //! Per batch and table: the batch's changes, and the stored versions of
 //! their keys that may neighbour them (every version ending after the
-//! batch's oldest change), are ordered into each row's sequence; ends,
+//! batch's oldest change), are ordered into each row's sequence by the rule
+//! the PostgreSQL target shares ([`cdc_core::scd2::sequence`]): ends,
 //! current flags, unchanged-TOAST values (taken from the version before) and,
 //! with `track_history_columns`, changes folded into the version before
-//! (only other columns changed) are worked out there; one MERGE on (key,
-//! `__start_order`) then writes them. A change the table holds already (a
-//! replayed batch) is recognised by its start and skipped.
+//! (only other columns changed); one MERGE on (key, `__start_order`) then
+//! writes them. A change the table holds already (a replayed batch) is
+//! recognised by its start and skipped.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,7 +35,7 @@ use deltalake::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray, UInt32Array,
     new_null_array,
 };
-use deltalake::arrow::compute::{SortColumn, cast, concat_batches, lexsort_to_indices, take};
+use deltalake::arrow::compute::{cast, concat_batches, take};
 use deltalake::arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef};
 use deltalake::arrow::row::{RowConverter, Rows, SortField};
 use deltalake::datafusion::prelude::SessionContext;
@@ -43,11 +44,8 @@ use deltalake::kernel::transaction::CommitProperties;
 use super::convert::{self, DELETED_COLUMN, ident, literal};
 use super::{DeltaConfig, Meter, NAME, delta_error, df_error, time_travel};
 
-pub const START_AT: &str = "__start_at";
-pub const END_AT: &str = "__end_at";
-pub const START_ORDER: &str = "__start_order";
-pub const END_ORDER: &str = "__end_order";
-pub const IS_CURRENT: &str = "__is_current";
+use cdc_core::scd2::{Columns, Entry, Sequence, Tracked};
+pub use cdc_core::scd2::{END_AT, END_ORDER, IS_CURRENT, START_AT, START_ORDER};
 /// MERGE input only: a stored version folded into the one before it
 /// (`track_history_columns`), to delete.
 const DROP_COLUMN: &str = "__cdc_drop";
@@ -118,26 +116,77 @@ pub async fn neighbours(
     Ok(kept)
 }
 
-/// One version of a row as the sequence is worked out: the row it is
-/// identified by (`start`), and per column the row its value comes from.
-struct Version {
-    start: usize,
-    sources: Vec<usize>,
-    deleted: bool,
+/// What [`cdc_core::scd2::sequence`] reads of each row of `all`.
+struct EntryColumns {
+    keys: Rows,
+    start: StringArray,
+    order: StringArray,
+    op: StringArray,
+    deleted: BooleanArray,
+    topic: StringArray,
+    partition: deltalake::arrow::array::Int32Array,
+    offset: deltalake::arrow::array::Int64Array,
+    unavailable: Vec<Vec<usize>>,
 }
 
-impl Version {
-    /// The row column `i`'s value comes from.
-    fn source(&self, i: usize) -> usize {
-        self.sources.get(i).copied().unwrap_or(self.start)
+impl EntryColumns {
+    fn read(name: &str, all: &RecordBatch, key: &[String]) -> Result<EntryColumns> {
+        let converter = key_converter(name, all, key)?;
+        let index: HashMap<&str, usize> =
+            all.schema_ref().fields().iter().enumerate().map(|(i, f)| (f.name().as_str(), i)).collect();
+        let unavailable = match all.column_by_name(UNAVAILABLE_COLUMN).and_then(|c| c.as_list_opt::<i32>().cloned()) {
+            Some(lists) => (0..all.num_rows())
+                .map(|row| {
+                    if lists.is_null(row) {
+                        return Vec::new();
+                    }
+                    let names = lists.value(row);
+                    let names = names.as_string_opt::<i32>().into_iter().flat_map(|names| names.iter().flatten());
+                    names.filter_map(|n| index.get(n).copied()).collect()
+                })
+                .collect(),
+            None => vec![Vec::new(); all.num_rows()],
+        };
+        let deleted = cast(column(name, all, DELETED_COLUMN)?, &DataType::Boolean).map_err(|e| error(name, e))?;
+        let partition = cast(column(name, all, PARTITION_COLUMN)?, &DataType::Int32).map_err(|e| error(name, e))?;
+        let offset = cast(column(name, all, OFFSET_COLUMN)?, &DataType::Int64).map_err(|e| error(name, e))?;
+        Ok(EntryColumns {
+            keys: key_rows(name, &converter, all, key)?,
+            start: strings(name, all, START_ORDER)?,
+            order: strings(name, all, ORDER_COLUMN)?,
+            op: strings(name, all, OP_COLUMN)?,
+            deleted: deleted.as_boolean().clone(),
+            topic: strings(name, all, TOPIC_COLUMN)?,
+            partition: partition.as_primitive::<Int32Type>().clone(),
+            offset: offset.as_primitive::<Int64Type>().clone(),
+            unavailable,
+        })
+    }
+
+    fn entries(&self) -> Vec<Entry<'_>> {
+        let truncate = cdc_core::Op::Truncate.code();
+        (0..self.start.len())
+            .map(|row| Entry {
+                key: self.keys.row(row).data(),
+                start: self.start.value(row),
+                order: self.order.value(row),
+                truncate: self.op.value(row) == truncate,
+                deleted: self.deleted.value(row),
+                topic: self.topic.value(row),
+                partition: self.partition.value(row),
+                offset: self.offset.value(row),
+                unavailable: self.unavailable.get(row).cloned().unwrap_or_default(),
+            })
+            .collect()
     }
 }
 
 /// Works out every version of the batch's keys: `stored` (their stored
 /// neighbours, aligned to `opened`'s schema) and `opened` (the batch's
-/// changes, in arrival order) in one sequence per key. Returns the rows to
-/// MERGE: every version with its end and current flag, and stored versions
-/// to drop (`__cdc_drop`).
+/// changes, in arrival order) in one sequence per key
+/// ([`cdc_core::scd2::sequence`]). Returns the rows to MERGE: every version
+/// with its end and current flag, and stored versions to drop
+/// (`__cdc_drop`).
 pub fn sequence(
     name: &str,
     stored: &[RecordBatch],
@@ -148,35 +197,11 @@ pub fn sequence(
     let schema = opened.schema();
     let stored_rows: usize = stored.iter().map(RecordBatch::num_rows).sum();
     let all = concat_batches(&schema, stored.iter().chain([opened])).map_err(|e| error(name, e))?;
-    let starts = place_in_sequence(name, &all, stored_rows, key)?;
-    let all = set_column(name, all, Field::new(START_ORDER, DataType::Utf8, true), Arc::new(starts))?;
-    // Per key, by start; a stored version before a change of the same start
-    // (the change is held already).
-    let is_new: ArrayRef =
-        Arc::new(UInt32Array::from_iter_values((0..all.num_rows()).map(|i| u32::from(i >= stored_rows))));
-    let mut sort: Vec<SortColumn> = key
-        .iter()
-        .map(|k| Ok(SortColumn { values: column(name, &all, k)?.clone(), options: None }))
-        .collect::<Result<_>>()?;
-    sort.push(SortColumn { values: column(name, &all, START_ORDER)?.clone(), options: None });
-    sort.push(SortColumn { values: is_new, options: None });
-    let sorted = lexsort_to_indices(&sort, None).map_err(|e| error(name, e))?;
-    let converter = key_converter(name, &all, key)?;
-    let keys = key_rows(name, &converter, &all, key)?;
-    let start = strings(name, &all, START_ORDER)?;
-    let order = strings(name, &all, ORDER_COLUMN)?;
-    let deleted = cast(column(name, &all, DELETED_COLUMN)?, &DataType::Boolean).map_err(|e| error(name, e))?;
-    let deleted = deleted.as_boolean();
-    let op = strings(name, &all, OP_COLUMN)?;
-    let truncate = cdc_core::Op::Truncate.code();
-    let unavailable = all.column_by_name(UNAVAILABLE_COLUMN).and_then(|c| c.as_list_opt::<i32>().cloned());
-    let all_schema = all.schema();
-    let index: HashMap<&str, usize> =
-        all_schema.fields().iter().enumerate().map(|(i, f)| (f.name().as_str(), i)).collect();
+    let read = EntryColumns::read(name, &all, key)?;
     let tracked: Vec<(usize, Rows)> = match track {
         Some(columns) => columns
             .iter()
-            .filter_map(|c| index.get(c.as_str()).copied())
+            .filter_map(|c| schema.index_of(c).ok())
             .map(|i| {
                 let converter = RowConverter::new(vec![SortField::new(all.column(i).data_type().clone())])
                     .map_err(|e| error(name, e))?;
@@ -186,133 +211,26 @@ pub fn sequence(
             .collect::<Result<_>>()?,
         None => Vec::new(),
     };
-    let width = all.num_columns();
-    let mut versions: Vec<Version> = Vec::new();
-    let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
-    let mut drops: Vec<usize> = Vec::new();
-    let sorted: Vec<usize> = sorted.values().iter().map(|&i| i as usize).collect();
-    let mut group_start = 0;
-    let mut before: Option<usize> = None;
-    for &row in &sorted {
-        let seen = before.replace(row);
-        match seen {
-            Some(seen) if keys.row(seen) == keys.row(row) => {
-                if start.value(seen) == start.value(row) {
-                    continue; // held already (or twice in a replayed batch)
-                }
-            }
-            _ => {
-                if seen.is_some() {
-                    groups.push(group_start..versions.len());
-                }
-                group_start = versions.len();
-            }
-        }
-        let previous = versions.get(group_start..).and_then(<[Version]>::last).filter(|v| !v.deleted);
-        // A truncate ends a live row; after a delete (a change read late
-        // that turned out to precede it) it has nothing to end.
-        if previous.is_none() && op.value(row) == truncate {
-            if row < stored_rows {
-                drops.push(row);
-            }
-            continue;
-        }
-        let mut sources = vec![row; width];
-        if let (Some(previous), Some(unavailable)) = (previous, &unavailable)
-            && !unavailable.is_null(row)
-        {
-            // Unchanged TOAST: the version before holds the value.
-            let names = unavailable.value(row);
-            for name in names.as_string_opt::<i32>().into_iter().flat_map(|names| names.iter().flatten()) {
-                if let Some(&i) = index.get(name)
-                    && let Some(slot) = sources.get_mut(i)
-                {
-                    *slot = previous.source(i);
-                }
-            }
-        }
-        let fold = !deleted.value(row)
-            && !tracked.is_empty()
-            && previous.is_some_and(|p| {
-                tracked
-                    .iter()
-                    .all(|(i, rows)| rows.row(p.source(*i)) == rows.row(sources.get(*i).copied().unwrap_or(row)))
-            });
-        if let Some(previous) = versions.last_mut().filter(|_| fold) {
-            // Its values become the newer change's; it keeps its start.
-            let values_order = index.get(ORDER_COLUMN).map(|&i| order.value(previous.source(i)));
-            if values_order.is_none_or(|held| order.value(row) > held) {
-                previous.sources = sources;
-            }
-            if row < stored_rows {
-                drops.push(row);
-            }
-            continue;
-        }
-        versions.push(Version { start: row, sources, deleted: deleted.value(row) });
-    }
-    if !sorted.is_empty() {
-        groups.push(group_start..versions.len());
-    }
-    build_output(name, &all, &versions, &groups, &drops)
-}
-
-/// The place of each change in its row's sequence (`__start_order`). Stored
-/// versions keep theirs. A change's is its order key, except where a change
-/// of the same row came before it in the same partition with a later order
-/// key (a transaction open when the snapshot began orders below the
-/// snapshot's reads, yet Debezium emits the row's changes in commit order):
-/// it then follows that one (its place plus a suffix), as `supersedes` rules.
-fn place_in_sequence(name: &str, all: &RecordBatch, stored_rows: usize, key: &[String]) -> Result<StringArray> {
-    let converter = key_converter(name, all, key)?;
-    let keys = key_rows(name, &converter, all, key)?;
-    let start = strings(name, all, START_ORDER)?;
-    let topic = strings(name, all, TOPIC_COLUMN)?;
-    let op = strings(name, all, OP_COLUMN)?;
-    let partition = cast(column(name, all, PARTITION_COLUMN)?, &DataType::Int32).map_err(|e| error(name, e))?;
-    let partition = partition.as_primitive::<Int32Type>();
-    let offset = cast(column(name, all, OFFSET_COLUMN)?, &DataType::Int64).map_err(|e| error(name, e))?;
-    let offset = offset.as_primitive::<Int64Type>();
-    // Per (key, topic, partition): the place of the change at the highest
-    // offset seen. A truncate's versions sit at its order key: it reached
-    // every partition's rows at once.
-    let truncate = cdc_core::Op::Truncate.code();
-    let mut latest: HashMap<(Vec<u8>, &str, i32), (String, i64)> = HashMap::new();
-    let mut places = Vec::with_capacity(all.num_rows());
-    for row in 0..all.num_rows() {
-        let own = start.value(row).to_owned();
-        if op.value(row) == truncate {
-            places.push(own);
-            continue;
-        }
-        let at = (keys.row(row).as_ref().to_vec(), topic.value(row), partition.value(row));
-        let offset = offset.value(row);
-        let place = match latest.get(&at) {
-            // Later in the partition, lower in order: it follows that one. A
-            // change at a lower offset is one held already (a replay).
-            Some((before, before_offset)) if row >= stored_rows && offset > *before_offset && own <= *before => {
-                format!("{before}.{own}")
-            }
-            _ => own,
-        };
-        if latest.get(&at).is_none_or(|(_, before_offset)| offset > *before_offset) {
-            latest.insert(at, (place.clone(), offset));
-        }
-        places.push(place);
-    }
-    Ok(StringArray::from(places))
+    let tracked_columns: Vec<usize> = tracked.iter().map(|(i, _)| *i).collect();
+    let same = |column: usize, a: usize, b: usize| {
+        tracked.iter().find(|(i, _)| *i == column).is_some_and(|(_, rows)| rows.row(a) == rows.row(b))
+    };
+    let columns = Columns {
+        width: all.num_columns(),
+        order: schema.index_of(ORDER_COLUMN).ok(),
+        tracked: track.map(|_| Tracked { columns: &tracked_columns, same: &same }),
+    };
+    let sequence = cdc_core::scd2::sequence(&read.entries(), stored_rows, &columns);
+    let starts = StringArray::from(sequence.starts.clone());
+    let all = set_column(name, all, Field::new(START_ORDER, DataType::Utf8, true), Arc::new(starts))?;
+    build_output(name, &all, &sequence)
 }
 
 /// The MERGE source: each version's row (identity from its start, values
 /// from its sources) with end, current flag and `__cdc_drop`, then the
 /// stored versions to drop.
-fn build_output(
-    name: &str,
-    all: &RecordBatch,
-    versions: &[Version],
-    groups: &[std::ops::Range<usize>],
-    drops: &[usize],
-) -> Result<RecordBatch> {
+fn build_output(name: &str, all: &RecordBatch, sequence: &Sequence) -> Result<RecordBatch> {
+    let Sequence { versions, next, drops, .. } = sequence;
     let schema = all.schema();
     let identity: Vec<usize> = [START_ORDER, START_AT].iter().filter_map(|c| schema.index_of(c).ok()).collect();
     let rows = versions.len() + drops.len();
@@ -327,25 +245,13 @@ fn build_output(
         columns.push(take(array.as_ref(), &indices, None).map_err(|e| error(name, e))?);
     }
     let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| error(name, e))?;
-    // Ends: the next version's start, per key.
+    // Ends: the next version's start; dropped rows have none.
     let start = strings(name, &batch, START_ORDER)?;
     let start_at = column(name, &batch, START_AT)?.clone();
-    // Versions are in sequence per key: each but a key's last ends where
-    // the one after it starts.
-    let mut next: Vec<Option<u32>> = vec![None; rows];
-    for group in groups {
-        let followed = group.start..group.end.saturating_sub(1);
-        for (v, slot) in next.iter_mut().enumerate().skip(followed.start).take(followed.len()) {
-            *slot = Some((v + 1) as u32);
-        }
-    }
+    let next: Vec<Option<u32>> = (0..rows).map(|v| next.get(v).copied().flatten().map(|n| n as u32)).collect();
     let end_order: StringArray = next.iter().map(|n| n.map(|n| start.value(n as usize))).collect();
-    let end_at = take(start_at.as_ref(), &UInt32Array::from(next.clone()), None).map_err(|e| error(name, e))?;
-    let current: BooleanArray = next
-        .iter()
-        .enumerate()
-        .map(|(v, next)| Some(next.is_none() && versions.get(v).is_some_and(|v| !v.deleted)))
-        .collect();
+    let end_at = take(start_at.as_ref(), &UInt32Array::from(next), None).map_err(|e| error(name, e))?;
+    let current: BooleanArray = (0..rows).map(|v| Some(sequence.is_current(v))).collect();
     let dropped: BooleanArray = (0..rows).map(|v| Some(v >= versions.len())).collect();
     let batch = set_column(name, batch, Field::new(END_ORDER, DataType::Utf8, true), Arc::new(end_order))?;
     let batch = set_column(name, batch, Field::new(END_AT, start_at.data_type().clone(), true), end_at)?;
@@ -526,25 +432,13 @@ fn with_truncate_ends(
     key: &[String],
     (below, at): (&str, Option<i64>),
 ) -> Result<RecordBatch> {
-    let order = strings(name, &opened, ORDER_COLUMN)?;
-    let converter = key_converter(name, &opened, key)?;
-    let keys = key_rows(name, &converter, &opened, key)?;
-    let mut newest_late: HashMap<Vec<u8>, usize> = HashMap::new();
-    for row in (0..opened.num_rows()).filter(|&row| order.value(row) < below) {
-        let newest = newest_late.entry(keys.row(row).as_ref().to_vec()).or_insert(row);
-        if order.value(row) > order.value(*newest) {
-            *newest = row;
-        }
-    }
-    let deleted = cast(column(name, &opened, DELETED_COLUMN)?, &DataType::Boolean).map_err(|e| error(name, e))?;
-    let mut ended: Vec<u32> =
-        newest_late.into_values().filter(|&row| !deleted.as_boolean().value(row)).map(|row| row as u32).collect();
+    let read = EntryColumns::read(name, &opened, key)?;
+    let ended = cdc_core::scd2::ended_by_truncate(&read.entries(), below);
     if ended.is_empty() {
         return Ok(opened);
     }
-    ended.sort_unstable();
-    let rows =
-        deltalake::arrow::compute::take_record_batch(&opened, &UInt32Array::from(ended)).map_err(|e| error(name, e))?;
+    let ended = UInt32Array::from_iter_values(ended.into_iter().map(|row| row as u32));
+    let rows = deltalake::arrow::compute::take_record_batch(&opened, &ended).map_err(|e| error(name, e))?;
     let markers = truncated_versions(name, rows, (below, at), None)?;
     concat_batches(&opened.schema(), [&opened, &markers]).map_err(|e| error(name, e))
 }

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::tables::{TableConfig, TableMode, table_config};
 use cdc_core::{
     ChangeEvent, DataType, Error, Field, Result, SqlVersion, TableChange, TableSchema, Value, supersedes_sql,
 };
@@ -15,6 +16,7 @@ use tokio_postgres::types::{ToSql, Type};
 use super::connection::*;
 use super::copy::*;
 use super::offsets::*;
+use super::scd2;
 use super::types::*;
 
 /// How deletes land in a current-state table.
@@ -40,8 +42,18 @@ pub(crate) struct StateTables {
     /// Schema for every table; `None` mirrors the source schema.
     schema: Option<String>,
     delete_mode: DeleteMode,
+    /// Per-table settings (`[target.tables.<name>]`): the mode.
+    tables: BTreeMap<String, TableConfig>,
     known: HashMap<(String, String), KnownTable>,
     staging_counter: u64,
+}
+
+/// A batch's changes of one table staged for set-based statements.
+pub(super) struct Staged {
+    /// The staging table's name.
+    pub name: String,
+    /// Table columns some staged change's schema version lacks.
+    pub missing: Vec<String>,
 }
 
 /// Metadata columns of a current-state table and their types.
@@ -78,7 +90,19 @@ impl StateTables {
     }
 
     pub fn new(sink: &'static str, schema: Option<String>, delete_mode: DeleteMode) -> StateTables {
-        StateTables { sink, schema, delete_mode, known: HashMap::new(), staging_counter: 0 }
+        StateTables { sink, schema, delete_mode, tables: BTreeMap::new(), known: HashMap::new(), staging_counter: 0 }
+    }
+
+    /// Per-table settings: SCD2 tables (`mode = "scd2"`), by table name or
+    /// `schema.table` of the source.
+    pub fn set_table_configs(&mut self, tables: BTreeMap<String, TableConfig>) {
+        self.tables = tables;
+    }
+
+    /// Keeps every table in `schema` instead of the source's.
+    pub fn set_schema(&mut self, schema: String) {
+        self.schema = Some(schema);
+        self.known.clear();
     }
 
     /// Forgets what it knew of existing tables (after a rollback).
@@ -86,7 +110,17 @@ impl StateTables {
         self.known.clear();
     }
 
-    fn error(&self, message: String) -> Error {
+    /// A fresh name for a temporary table of this transaction.
+    pub(super) fn scratch_table(&mut self, prefix: &str) -> String {
+        self.staging_counter += 1;
+        format!("{prefix}_{}", self.staging_counter)
+    }
+
+    pub(super) fn sink_name(&self) -> &'static str {
+        self.sink
+    }
+
+    pub(super) fn error(&self, message: String) -> Error {
         Error::Sink { sink: self.sink.to_owned(), message, retriable: false }
     }
 
@@ -101,8 +135,14 @@ impl StateTables {
         let Some(first) = events.first() else { return Ok(()) };
         let schema_name = self.schema.clone().unwrap_or_else(|| first.source.schema.clone());
         let table_name = first.source.table.clone();
-        let columns = self.ensure_table(tx, &schema_name, &table_name, events).await?;
+        let source_name = format!("{}.{table_name}", first.source.schema);
+        let config = table_config(&self.tables, &[&source_name, &table_name]);
+        let columns = self.ensure_table(tx, &schema_name, &table_name, events, config.mode).await?;
         let table = format!("{}.{}", quote_ident(&schema_name)?, quote_ident(&table_name)?);
+        if config.mode == TableMode::Scd2 {
+            let track = config.track_history_columns.as_deref();
+            return self.apply_versions(tx, &table, &columns, events, track, stages).await;
+        }
         for change in cdc_core::collapse(events) {
             match change {
                 TableChange::Truncate(event) => {
@@ -117,13 +157,8 @@ impl StateTables {
                              _cdc_synced_at = now() WHERE NOT _cdc_deleted AND _cdc_order < {order}"
                         ),
                     };
-                    let sql = format!(
-                        "{wipe};\nINSERT INTO {DELETED_KEYS} (table_name, row_key, order_key) \
-                         VALUES ({name}, '', {order}) ON CONFLICT (table_name, row_key) DO UPDATE \
-                         SET order_key = GREATEST({DELETED_KEYS}.order_key, EXCLUDED.order_key)",
-                        name = quote_literal(&table),
-                    );
-                    tx.batch_execute(&sql).await.map_err(|e| sink_error(self.sink, &e))?;
+                    tx.batch_execute(&wipe).await.map_err(|e| sink_error(self.sink, &e))?;
+                    self.record_truncate(tx, &table, event).await?;
                 }
                 TableChange::Rows(rows) => {
                     if rows.iter().any(|r| r.event.key.is_none()) {
@@ -139,6 +174,59 @@ impl StateTables {
         Ok(())
     }
 
+    /// The metadata columns of a table of `mode`.
+    pub(super) fn metadata_columns(&self, mode: TableMode) -> Vec<(&'static str, &'static str)> {
+        let mut columns = metadata_columns(self.delete_mode);
+        if mode == TableMode::Scd2 {
+            columns.retain(|(name, _)| !scd2::VERSION_COLUMNS.iter().any(|(n, _)| n == name));
+            columns.extend(scd2::VERSION_COLUMNS);
+        }
+        columns
+    }
+
+    /// A table keeps the mode it was created in: a current-state upsert on
+    /// an SCD2 table would hit every version of a key, and SCD2 needs its
+    /// version columns. A mismatch is the configuration's, not the events':
+    /// reported as an outage (retried, logged, never dead-lettered).
+    fn mode_matches_table(
+        &self,
+        schema_name: &str,
+        table_name: &str,
+        existing: &BTreeMap<String, String>,
+        mode: TableMode,
+    ) -> Result<()> {
+        let holds_versions = existing.contains_key(scd2::START_ORDER);
+        if holds_versions == (mode == TableMode::Scd2) {
+            return Ok(());
+        }
+        let (was, now) = if holds_versions { ("an SCD2", "current") } else { ("a current-state", "scd2") };
+        Err(Error::Unavailable {
+            sink: self.sink.to_owned(),
+            message: format!(
+                "table {schema_name}.{table_name} is {was} table but its configured mode (tables.{table_name}.mode) \
+                 is {now}: a table keeps its mode; give the new mode a table of its own (another schema) or \
+                 restore the mode"
+            ),
+        })
+    }
+
+    /// Remembers the table's newest truncate (`row_key = ''`): rows older by
+    /// order key, read later from another partition, are held out (or, in
+    /// an SCD2 table, end there).
+    pub(super) async fn record_truncate(&self, tx: &Transaction<'_>, table: &str, event: &ChangeEvent) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO {DELETED_KEYS} (table_name, row_key, order_key, source_ts) \
+             VALUES ($1, '', $2, timestamptz 'epoch' + $3::bigint * interval '1 microsecond') \
+             ON CONFLICT (table_name, row_key) DO UPDATE \
+             SET order_key = GREATEST({DELETED_KEYS}.order_key, EXCLUDED.order_key), \
+                 source_ts = CASE WHEN EXCLUDED.order_key > {DELETED_KEYS}.order_key THEN EXCLUDED.source_ts \
+                             ELSE {DELETED_KEYS}.source_ts END"
+        );
+        let order = event.order.to_hex();
+        tx.execute(&sql, &[&table, &order, &event.source.ts_micros()]).await.map_err(|e| sink_error(self.sink, &e))?;
+        Ok(())
+    }
+
     /// Creates the table or adds missing columns; returns the data columns
     /// the staging table carries, key columns first, each with its column
     /// type in the table.
@@ -148,6 +236,7 @@ impl StateTables {
         schema_name: &str,
         table_name: &str,
         events: &[&ChangeEvent],
+        mode: TableMode,
     ) -> Result<Vec<(Field, String)>> {
         // Every column of every schema version in the batch; the last wins,
         // unless another version has it wider (versions read out of order).
@@ -163,9 +252,10 @@ impl StateTables {
             let existing =
                 existing_columns(tx, schema_name, table_name).await.map_err(|e| sink_error(self.sink, &e))?;
             if existing.is_empty() {
-                self.create_table(tx, schema_name, table_name, &columns, &key).await?;
+                self.create_table(tx, schema_name, table_name, &columns, &key, mode).await?;
             } else {
-                self.add_missing_metadata(tx, schema_name, table_name, &existing).await?;
+                self.mode_matches_table(schema_name, table_name, &existing, mode)?;
+                self.add_missing_metadata(tx, schema_name, table_name, &existing, mode).await?;
                 self.known.insert(id.clone(), KnownTable { columns: existing });
             }
         }
@@ -223,7 +313,7 @@ impl StateTables {
         // Columns the table has but no event of the batch carries (dropped at
         // the source) are written as null, typed as they are in the table.
         for name in changed.columns.keys() {
-            if !name.starts_with("_cdc_") && !columns.iter().any(|c| &c.name == name) {
+            if !is_metadata_column(name) && !columns.iter().any(|c| &c.name == name) {
                 columns.push(Field {
                     name: name.clone(),
                     data_type: DataType::Dynamic,
@@ -251,9 +341,10 @@ impl StateTables {
         schema_name: &str,
         table_name: &str,
         existing: &BTreeMap<String, String>,
+        mode: TableMode,
     ) -> Result<()> {
         let table = format!("{}.{}", quote_ident(schema_name)?, quote_ident(table_name)?);
-        for (name, ty) in metadata_columns(self.delete_mode) {
+        for (name, ty) in self.metadata_columns(mode) {
             if !existing.contains_key(name) {
                 let sql = format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {ty}");
                 tx.batch_execute(&sql).await.map_err(|e| sink_error(self.sink, &e))?;
@@ -272,6 +363,7 @@ impl StateTables {
         table_name: &str,
         columns: &[Field],
         key: &[&str],
+        mode: TableMode,
     ) -> Result<()> {
         let mut definitions = Vec::new();
         let mut known = BTreeMap::new();
@@ -284,11 +376,15 @@ impl StateTables {
             definitions.push(format!("{} {ty}{not_null}{default}", quote_ident(&column.name)?));
             known.insert(column.name.clone(), ty);
         }
-        for (name, ty) in metadata_columns(self.delete_mode) {
+        for (name, ty) in self.metadata_columns(mode) {
             definitions.push(format!("{name} {ty}"));
         }
         if !key.is_empty() {
-            let key: Vec<String> = key.iter().map(|k| quote_ident(k)).collect::<Result<_>>()?;
+            let mut key: Vec<String> = key.iter().map(|k| quote_ident(k)).collect::<Result<_>>()?;
+            // Every version of a row: identified by its place too.
+            if mode == TableMode::Scd2 {
+                key.push(scd2::START_ORDER.to_owned());
+            }
             definitions.push(format!("PRIMARY KEY ({})", key.join(", ")));
         }
         // Room on each page for HOT updates: a CDC mirror is mostly updates of
@@ -314,11 +410,43 @@ impl StateTables {
         rows: &[cdc_core::RowChange<'_>],
         stages: &mut cdc_core::StageTimes,
     ) -> Result<()> {
-        let copying = std::time::Instant::now();
-        self.staging_counter += 1;
-        let staging = format!("_cdc_stage_{}", self.staging_counter);
         let Some(first) = rows.first() else { return Ok(()) };
         let key_count = first.event.schema.key_indices().len();
+        let Staged { name: staging, missing } = self.stage(tx, columns, rows, stages).await?;
+        let mut sql = self.apply_sql(table, &staging, columns, key_count)?;
+        // A column the event's schema version lacks takes the column's
+        // default (null without one): an event from before `ADD COLUMN ...
+        // DEFAULT v` (read late, from another partition) describes a row the
+        // source gave `v` when the column was added.
+        let key = columns.iter().take(key_count);
+        let key_match = key
+            .map(|(column, ty)| Ok(format!("t.{name} = s.{name}::{ty}", name = quote_ident(&column.name)?)))
+            .collect::<Result<Vec<_>>>()?
+            .join(" AND ");
+        for name in missing {
+            sql.push_str(&format!(
+                "\nUPDATE {table} AS t SET {column} = DEFAULT FROM {staging} s WHERE {key_match} \
+                 AND s._cdc_missing::text[] @> ARRAY[{literal}] AND t._cdc_order = s._cdc_order;",
+                column = quote_ident(&name)?,
+                literal = quote_literal(&name),
+            ));
+        }
+        stages.time("apply", tx.batch_execute(&sql)).await.map_err(|e| sink_error(self.sink, &e))
+    }
+
+    /// Loads `rows` into a new staging table (binary COPY): per row its
+    /// image in `columns`, its metadata, the columns it did not send
+    /// (`_cdc_unavailable`) and those its schema version lacks
+    /// (`_cdc_missing`).
+    pub(super) async fn stage(
+        &mut self,
+        tx: &Transaction<'_>,
+        columns: &[(Field, String)],
+        rows: &[cdc_core::RowChange<'_>],
+        stages: &mut cdc_core::StageTimes,
+    ) -> Result<Staged> {
+        let copying = std::time::Instant::now();
+        let staging = self.scratch_table("_cdc_stage");
         let mut definitions = Vec::new();
         let mut types = Vec::new();
         for (column, _) in columns {
@@ -418,26 +546,7 @@ impl StateTables {
         }
         writer.finish().await.map_err(|e| sink_error(self.sink, &e))?;
         stages.add("copy", copying.elapsed());
-
-        let mut sql = self.apply_sql(table, &staging, columns, key_count)?;
-        // A column the event's schema version lacks takes the column's
-        // default (null without one): an event from before `ADD COLUMN ...
-        // DEFAULT v` (read late, from another partition) describes a row the
-        // source gave `v` when the column was added.
-        let key = columns.iter().take(key_count);
-        let key_match = key
-            .map(|(column, ty)| Ok(format!("t.{name} = s.{name}::{ty}", name = quote_ident(&column.name)?)))
-            .collect::<Result<Vec<_>>>()?
-            .join(" AND ");
-        for name in missing_anywhere {
-            sql.push_str(&format!(
-                "\nUPDATE {table} AS t SET {column} = DEFAULT FROM {staging} s WHERE {key_match} \
-                 AND s._cdc_missing::text[] @> ARRAY[{literal}] AND t._cdc_order = s._cdc_order;",
-                column = quote_ident(name)?,
-                literal = quote_literal(name),
-            ));
-        }
-        stages.time("apply", tx.batch_execute(&sql)).await.map_err(|e| sink_error(self.sink, &e))
+        Ok(Staged { name: staging, missing: missing_anywhere.into_iter().map(str::to_owned).collect() })
     }
 
     /// A primary-key change of a row whose TOASTed value did not change
@@ -664,15 +773,21 @@ impl StateTables {
 /// same type family with another modifier is left as it is.
 /// ` DEFAULT v` for a column whose schema has a default, else nothing.
 fn column_default(column: &Field, ty: &str) -> String {
-    column
-        .default
-        .as_ref()
-        .and_then(|value| pg_text(&column.data_type, value, false))
-        .map(|text| {
-            let staged = format!("{}::{}", quote_literal(&text), staging_type(&column.data_type).name());
-            format!(" DEFAULT {}", cast_staged(&staged, &column.data_type, ty))
-        })
-        .unwrap_or_default()
+    default_value(column, ty).map(|value| format!(" DEFAULT {value}")).unwrap_or_default()
+}
+
+/// The column's default (from its schema) as an expression of type `ty`.
+pub(super) fn default_value(column: &Field, ty: &str) -> Option<String> {
+    column.default.as_ref().and_then(|value| pg_text(&column.data_type, value, false)).map(|text| {
+        let staged = format!("{}::{}", quote_literal(&text), staging_type(&column.data_type).name());
+        cast_staged(&staged, &column.data_type, ty)
+    })
+}
+
+/// Whether a table column is the sink's, not the source's: CDC metadata
+/// and SCD2 version columns.
+pub(super) fn is_metadata_column(name: &str) -> bool {
+    name.starts_with("_cdc_") || scd2::VERSION_COLUMNS.iter().any(|(n, _)| *n == name)
 }
 
 /// The index that finds rows still owed TOASTed values by a primary-key

@@ -128,3 +128,48 @@ mod tests {
         assert_eq!(pg_text(&data_type, &value, false).unwrap(), r#"{"a \"b\"",NULL,"c\\"}"#);
     }
 }
+
+/// A value as PostgreSQL's binary format has it, whatever its type: read
+/// from one table and written back to another of the same column types
+/// (binary COPY), it is the same value, never converted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Binary(pub Vec<u8>);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for Binary {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> std::result::Result<Binary, Box<dyn StdError + Sync + Send>> {
+        Ok(Binary(raw.to_vec()))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+impl ToSql for Binary {
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> std::result::Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        out.put_slice(&self.0);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+impl Binary {
+    /// `value` in the binary format of `ty`.
+    pub(super) fn of<T: ToSql>(value: &T, ty: &Type) -> Option<Binary> {
+        let mut out = BytesMut::new();
+        match value.to_sql(ty, &mut out) {
+            Ok(IsNull::No) => Some(Binary(out.to_vec())),
+            _ => None,
+        }
+    }
+
+    /// A text value (`text` and `varchar` share their binary format).
+    pub(super) fn text(value: &str) -> Binary {
+        Binary(value.as_bytes().to_vec())
+    }
+}

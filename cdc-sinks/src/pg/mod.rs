@@ -9,6 +9,7 @@
 //! | `types.rs` | the type mapping and in-place widening rules |
 //! | `copy.rs` | binary COPY encoding into staging tables |
 //! | `apply.rs` | current-state tables: create, grow, merge, delete, truncate |
+//! | `scd2.rs` | SCD type 2 tables: every version of every row |
 //! | `offsets.rs` | the offsets table and the tombstones of deleted keys |
 //! | `catalog.rs` | column types of schemaless records, from the source's catalog |
 
@@ -18,6 +19,7 @@ mod connection;
 mod copy;
 mod datalake;
 mod offsets;
+mod scd2;
 mod target;
 mod tls;
 mod types;

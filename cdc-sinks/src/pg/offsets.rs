@@ -11,7 +11,7 @@ use super::connection::*;
 
 /// The offsets table (the last applied offset per consumer, topic and
 /// partition, and the Kafka cluster it is an offset in) and the tombstones of deleted keys (per table and key, the
-/// order key of the newest delete; `row_key = ''` marks a truncate).
+/// order key of the newest delete; `row_key = ''` marks a truncate, with its source commit time).
 pub(crate) const OFFSETS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS cdc_meta; \
     CREATE TABLE IF NOT EXISTS cdc_meta.offsets (\
         consumer text NOT NULL, topic text NOT NULL, kafka_partition integer NOT NULL, \
@@ -25,6 +25,7 @@ pub(crate) const OFFSETS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS cdc_meta; \
     ALTER TABLE cdc_meta.deleted_keys ADD COLUMN IF NOT EXISTS _cdc_topic text, \
         ADD COLUMN IF NOT EXISTS _cdc_partition integer, ADD COLUMN IF NOT EXISTS _cdc_offset bigint; \
     ALTER TABLE cdc_meta.deleted_keys ADD COLUMN IF NOT EXISTS image jsonb; \
+    ALTER TABLE cdc_meta.deleted_keys ADD COLUMN IF NOT EXISTS source_ts timestamp with time zone; \
     CREATE INDEX IF NOT EXISTS deleted_keys_by_topic ON cdc_meta.deleted_keys (_cdc_topic, order_key)";
 
 /// Where deleted keys are remembered.

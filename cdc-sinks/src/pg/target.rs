@@ -1,10 +1,15 @@
 //! The PostgreSQL target: a mirror of every source table, same column names,
 //! faithful types, same primary key, plus CDC metadata columns; hard deletes.
+//! Tables configured `mode = "scd2"` keep every version instead (`scd2.rs`).
 
 use async_trait::async_trait;
 use cdc_core::catalog::{HandlingModes, connect_columns};
 use cdc_core::{Batch, Offsets, Result, Sink, TableSchema};
+use std::collections::BTreeMap;
 
+use crate::TableConfig;
+
+use super::apply::is_metadata_column;
 use super::catalog::read_columns;
 use super::{
     DeleteMode, PgBase, PgConnectionConfig, StateTables, StoredOffsets, TransactionalSink, apply_with_retries,
@@ -49,7 +54,17 @@ impl PgTargetSink {
 
     /// Puts every table in `schema` instead of the source's schema.
     pub fn with_schema(mut self, schema: impl Into<String>) -> PgTargetSink {
-        self.tables = StateTables::new(NAME, Some(schema.into()), DeleteMode::Hard);
+        self.tables.set_schema(schema.into());
+        self
+    }
+
+    /// Per-table settings, by source table name or `schema.table`: tables
+    /// with `mode = TableMode::Scd2` keep every version of every row
+    /// (`__start_order`, `__end_order`, `__start_at`, `__end_at`,
+    /// `__is_current`; see `cdc_core::scd2`) instead of mirroring the
+    /// current state.
+    pub fn with_tables(mut self, tables: BTreeMap<String, TableConfig>) -> PgTargetSink {
+        self.tables.set_table_configs(tables);
         self
     }
 }
@@ -103,11 +118,11 @@ impl Sink for PgTargetSink {
         let schema = self.tables.schema_name(source_schema);
         let client = self.base.connection.client().await?;
         let (mut columns, key) = read_columns(client, NAME, &schema, name).await?;
-        columns.retain(|c| !c.name.starts_with("_cdc_"));
+        columns.retain(|c| !is_metadata_column(&c.name));
         if columns.is_empty() {
             return Ok(None);
         }
-        let key: Vec<&str> = key.iter().map(String::as_str).collect();
+        let key: Vec<&str> = key.iter().map(String::as_str).filter(|k| !is_metadata_column(k)).collect();
         connect_columns(&columns, &key, &self.modes).map(Some)
     }
 }
