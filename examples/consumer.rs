@@ -281,6 +281,23 @@ mod tests {
         assert_eq!(Config::from_toml(text).unwrap(), Config::default());
     }
 
+    /// `[target.tables.<table>]` reaches the target's settings beside its
+    /// connection, which keeps its defaults.
+    #[test]
+    fn target_tables_take_a_mode_of_their_own() {
+        let config = Config::from_toml(
+            "[target]\nconsumer = \"mine\"\n[target.tables.customers]\nmode = \"scd2\"\n\
+             track_history_columns = [\"email\"]\n",
+        )
+        .unwrap();
+        let customers = &config.target.settings.tables["customers"];
+        assert_eq!(customers.mode, cdc_lakehouse::sinks::TableMode::Scd2);
+        assert_eq!(customers.track_history_columns.as_deref(), Some(&["email".to_owned()][..]));
+        assert_eq!(config.target.settings.connection.consumer, "mine");
+        assert_eq!(config.target.settings.connection.url, Config::default().target.settings.connection.url);
+        assert!(Config::from_toml("[target.tables.customers]\nmode = \"scd3\"\n").is_err());
+    }
+
     /// A section names only what it changes; a switched-off sink needs no settings.
     #[test]
     fn a_section_names_only_what_it_changes() {

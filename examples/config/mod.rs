@@ -75,7 +75,7 @@ pub struct TargetConfig {
     #[serde(flatten)]
     pub connection: PgConnectionConfig,
     /// By source table name or `schema.table`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default)]
     pub tables: BTreeMap<String, TableConfig>,
 }
 
