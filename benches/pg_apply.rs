@@ -1,9 +1,11 @@
 //! Applying batches of 10k mixed changes (60% updates of existing rows, 20%
 //! inserts, 20% deletes) to a PostgreSQL target table of 1M rows: the
 //! PgTargetSink (binary COPY + set-based statements, one transaction) against
-//! per-row `INSERT ... ON CONFLICT` / `DELETE` statements in one transaction.
+//! per-row `INSERT ... ON CONFLICT` / `DELETE` statements in one transaction,
+//! and the sink keeping the table as SCD type 2 (`mode = "scd2"`: every
+//! change a version).
 //!
-//!   cargo bench --bench pg_apply
+//!   cargo bench --bench pg_apply --no-default-features --features postgres
 //!
 //! Uses the PostgreSQL at CDC_TEST_PG_URL, or starts a throwaway cluster with
 //! scripts/pg-cluster.sh (installing Debian's PostgreSQL if needed).
@@ -12,7 +14,7 @@ mod support;
 use std::process::Command;
 
 use cdc_lakehouse::core::{Batch, Sink};
-use cdc_lakehouse::sinks::{PgConnectionConfig, PgTargetSink};
+use cdc_lakehouse::sinks::{PgConnectionConfig, PgTargetSink, TableConfig, TableMode};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use support::Generator;
 use tokio::runtime::Runtime;
@@ -40,7 +42,7 @@ async fn connect(url: &str) -> Client {
 
 /// Creates the table through the sink (so it has the sink's layout), then
 /// fills it to TABLE_ROWS rows with one INSERT ... SELECT.
-async fn prepare(url: &str, table_schema: &str, generator: &mut Generator) -> PgTargetSink {
+async fn prepare(url: &str, table_schema: &str, generator: &mut Generator, mode: TableMode) -> PgTargetSink {
     let admin = connect(url).await;
     // A fresh table, and no offsets from an earlier run (they would make the sink skip everything).
     admin
@@ -54,13 +56,20 @@ async fn prepare(url: &str, table_schema: &str, generator: &mut Generator) -> Pg
         .unwrap();
     let mut config = PgConnectionConfig::new(url);
     config.consumer = table_schema.into();
-    let mut sink = PgTargetSink::new(config).with_schema(table_schema);
+    let tables = [("bench_items".to_owned(), TableConfig { mode, track_history_columns: None })].into();
+    let mut sink = PgTargetSink::new(config).with_schema(table_schema).with_tables(tables);
     sink.apply(&generator.snapshot(1..2)).await.unwrap();
+    // An SCD2 table starts with one current version per row.
+    let (version_columns, version_values) = match mode {
+        TableMode::Scd2 => (", __start_order, __start_at, __is_current", ", lpad('0', 48, '0'), now(), true"),
+        TableMode::Current => ("", ""),
+    };
     admin
         .batch_execute(&format!(
             "TRUNCATE {table_schema}.bench_items; \
-             INSERT INTO {table_schema}.bench_items (id, name, price, quantity, updated_at, _cdc_op, _cdc_order) \
-             SELECT g, 'item ' || g, (g % 100000) / 100.0, g % 50, now(), 'r', lpad('0', 48, '0') \
+             INSERT INTO {table_schema}.bench_items (id, name, price, quantity, updated_at, _cdc_op, _cdc_order\
+             {version_columns}) \
+             SELECT g, 'item ' || g, (g % 100000) / 100.0, g % 50, now(), 'r', lpad('0', 48, '0'){version_values} \
              FROM generate_series(1, {TABLE_ROWS}) g; ANALYZE {table_schema}.bench_items"
         ))
         .await
@@ -127,7 +136,7 @@ fn pg_apply(c: &mut Criterion) {
     group.sample_size(10);
     group.throughput(Throughput::Elements(BATCH as u64));
 
-    let mut sink = rt.block_on(prepare(&url, "bench_sink", &mut generator));
+    let mut sink = rt.block_on(prepare(&url, "bench_sink", &mut generator, TableMode::Current));
     let mut next_id = 2 * TABLE_ROWS;
     let mut round = 0;
     group.bench_function("pg_target_sink_copy_set_based", |b| {
@@ -141,7 +150,20 @@ fn pg_apply(c: &mut Criterion) {
         )
     });
 
-    rt.block_on(prepare(&url, "bench_per_row", &mut generator));
+    let mut scd2 = rt.block_on(prepare(&url, "bench_scd2", &mut generator, TableMode::Scd2));
+    let mut next_id = 2 * TABLE_ROWS;
+    group.bench_function("pg_target_sink_scd2", |b| {
+        b.iter_batched(
+            || {
+                round += 1;
+                generator.mixed(BATCH, 1..TABLE_ROWS + 1, &mut next_id, round)
+            },
+            |batch| rt.block_on(scd2.apply(&batch)).unwrap(),
+            BatchSize::PerIteration,
+        )
+    });
+
+    rt.block_on(prepare(&url, "bench_per_row", &mut generator, TableMode::Current));
     let mut client = rt.block_on(connect(&url));
     let mut next_id = 2 * TABLE_ROWS;
     group.bench_function("baseline_per_row_statements", |b| {

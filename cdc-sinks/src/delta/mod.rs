@@ -729,13 +729,6 @@ async fn apply_events(
         let stored_schema = if truncating.is_none() { stored_schema(state, events) } else { None };
         extra.extend(stored_schema.as_ref().map(|(_, json)| (SCHEMA_METADATA, json.clone())));
         let (properties, cumulative) = offsets_commit(config, &state.held, &this_commit, extra);
-        // Rows older than an applied truncate stay out (they arrive late
-        // from another partition).
-        let live: Vec<&ChangeEvent> = events
-            .iter()
-            .copied()
-            .filter(|e| state.truncated_below.as_ref().is_none_or(|below| e.order.to_hex() > *below))
-            .collect();
         let table_config = config.table(name);
         let scd2 = table_config.mode == TableMode::Scd2;
         mode_matches_table(name, &state.table, table_config.mode)?;
@@ -755,6 +748,14 @@ async fn apply_events(
                 scd2::apply(config, name, sources, (events, truncated), track, (guard, properties), meter).await?
             }
             None => {
+                // Rows older than an applied truncate stay out (they arrive
+                // late from another partition); SCD2 tables keep them as
+                // history instead.
+                let live: Vec<&ChangeEvent> = events
+                    .iter()
+                    .copied()
+                    .filter(|e| state.truncated_below.as_ref().is_none_or(|below| e.order.to_hex() > *below))
+                    .collect();
                 let collapsing = Instant::now();
                 let collapsed = cdc_core::collapse(&live).pop();
                 meter.stages.add("collapse", collapsing.elapsed());
