@@ -188,6 +188,31 @@ impl Layout {
         Ok(parts.join(" AND "))
     }
 
+    /// The deleted versions a truncate (order key `hex`, commit time `at`)
+    /// opens for `rows`' rows `which`.
+    fn truncated_versions(
+        &self,
+        rows: &Rows,
+        which: impl IntoIterator<Item = usize>,
+        (hex, at): (&str, &Cell),
+        position: Option<&Position>,
+    ) -> Rows {
+        let mut markers = Rows::default();
+        for row in which {
+            if let (Some(values), Some(meta)) = (rows.values.get(row), rows.meta.get(row)) {
+                let (values, meta) = self.truncated_version((values, meta), (hex, at), position);
+                markers.values.push(values);
+                markers.meta.push(meta);
+            }
+        }
+        markers
+    }
+
+    /// A row's cells, read in this layout.
+    fn cells(&self, row: &tokio_postgres::Row) -> Vec<Cell> {
+        (0..self.names.len()).map(|i| row.get::<_, Cell>(i)).collect()
+    }
+
     /// A deleted version opened by a truncate (order key `hex`, commit time
     /// `at`) for the row `values` (kept, as a delete's before-image): at the
     /// truncate's position where known, else at the row's own, so it
@@ -397,11 +422,10 @@ impl StateTables {
             }
         }
         let mut opened = Rows::default();
-        let width = layout.names.len();
         for row in tx.query(&statement, &[]).await.map_err(|e| sink_error(sink, &e))? {
-            let values = (0..width).map(|i| row.get::<_, Cell>(i)).collect();
-            let unavailable: Vec<String> = row.get::<_, Option<Vec<String>>>(width).unwrap_or_default();
-            layout.push(&mut opened, values, &unavailable);
+            // The column after the table's: what the change did not send.
+            let unavailable: Vec<String> = row.get::<_, Option<Vec<String>>>(layout.names.len()).unwrap_or_default();
+            layout.push(&mut opened, layout.cells(&row), &unavailable);
         }
         // Rows read late, from before the table's newest truncate, are
         // history too: their versions end at the truncate.
@@ -419,13 +443,9 @@ impl StateTables {
             let at: Cell = truncated.get(1);
             let entries: Vec<Entry<'_>> = opened.meta.iter().map(Meta::entry).collect();
             let ended = cdc_core::scd2::ended_by_truncate(&entries, &below);
-            for row in ended {
-                if let (Some(values), Some(meta)) = (opened.values.get(row), opened.meta.get(row)) {
-                    let (values, meta) = layout.truncated_version((values, meta), (&below, &at), None);
-                    opened.values.push(values);
-                    opened.meta.push(meta);
-                }
-            }
+            let markers = layout.truncated_versions(&opened, ended, (&below, &at), None);
+            opened.values.extend(markers.values);
+            opened.meta.extend(markers.meta);
         }
         self.write_versions(tx, layout, opened, track, stages).await
     }
@@ -444,16 +464,11 @@ impl StateTables {
             format!("SELECT * FROM {table} t WHERE t.{IS_CURRENT} AND t.{START_ORDER} < $1", table = layout.table);
         let current = tx.query(&sql, &[&hex]).await.map_err(|e| sink_error(self.sink_name(), &e))?;
         let at: Cell = event.source.ts_micros().and_then(|us| Binary::of(&(us - PG_EPOCH_MICROS), &Type::INT8));
-        let mut markers = Rows::default();
+        let mut stored = Rows::default();
         for row in &current {
-            let mut stored = Rows::default();
-            layout.push(&mut stored, (0..layout.names.len()).map(|i| row.get::<_, Cell>(i)).collect(), &[]);
-            if let (Some(values), Some(meta)) = (stored.values.first(), stored.meta.first()) {
-                let (values, meta) = layout.truncated_version((values, meta), (&hex, &at), Some(&event.position));
-                markers.values.push(values);
-                markers.meta.push(meta);
-            }
+            layout.push(&mut stored, layout.cells(row), &[]);
         }
+        let markers = layout.truncated_versions(&stored, 0..stored.values.len(), (&hex, &at), Some(&event.position));
         self.write_versions(tx, layout, markers, None, stages).await
     }
 
@@ -489,7 +504,7 @@ impl StateTables {
         );
         let mut all = Rows::default();
         for row in tx.query(&sql, &[&oldest]).await.map_err(|e| sink_error(sink, &e))? {
-            layout.push(&mut all, (0..layout.names.len()).map(|i| row.get::<_, Cell>(i)).collect(), &[]);
+            layout.push(&mut all, layout.cells(&row), &[]);
         }
         let stored = all.values.len();
         all.values.extend(opened.values);
