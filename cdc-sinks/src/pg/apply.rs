@@ -203,9 +203,9 @@ impl StateTables {
         Err(Error::Unavailable {
             sink: self.sink.to_owned(),
             message: format!(
-                "table {schema_name}.{table_name} is {was} table but its configured mode (tables.{table_name}.mode) \
-                 is {now}: a table keeps its mode; give the new mode a table of its own (another schema) or \
-                 restore the mode"
+                "table {schema_name}.{table_name} is {was} table but its configured mode \
+                 ([target.tables.{table_name}] mode) is {now}: a table keeps its mode; give the new mode a table \
+                 of its own (another database or schema) or restore the mode"
             ),
         })
     }
