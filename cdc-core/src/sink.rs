@@ -91,9 +91,20 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// The batch of `records`, each position once: Kafka delivers a record
+    /// again after a seek or a rebalance (a fetched record of a partition
+    /// revoked and assigned back, then the same record read from the
+    /// committed offset), and a second copy in one batch would be applied
+    /// twice by sinks that append (the history), since stored offsets only
+    /// tell batches apart. A position is the same record: the first copy is
+    /// kept.
     pub fn from_records(records: impl IntoIterator<Item = Record>) -> Batch {
         let mut batch = Batch::default();
+        let mut seen: std::collections::HashSet<Position> = std::collections::HashSet::new();
         for record in records {
+            if !seen.insert(record.position().clone()) {
+                continue;
+            }
             batch.offsets.advance(record.position());
             match record {
                 Record::Change(event) => batch.events.push(event),

@@ -75,3 +75,22 @@ proptest! {
         prop_assert_eq!(state(&once), state(&replayed));
     }
 }
+
+/// Kafka delivers records again after a seek or a rebalance, possibly into
+/// the batch that holds the first copies: a batch takes each position once
+/// (an appending sink, the history, would otherwise write it twice), and
+/// keeps records it did not hold yet however the offsets arrive.
+#[test]
+fn a_batch_takes_a_redelivered_record_once() {
+    let records = decode_all("schemas");
+    let (head, rest) = records.split_at(6);
+    // The first six, then the same partition read again from the start and
+    // on: every record of `head` twice, the rest once.
+    let delivered: Vec<Record> = head.iter().chain(head).chain(rest).cloned().collect();
+    let batch = Batch::from_records(delivered);
+    let once = Batch::from_records(records.iter().cloned());
+    let positions = |batch: &Batch| batch.events.iter().map(|e| e.position.clone()).collect::<Vec<_>>();
+    assert_eq!(positions(&batch), positions(&once));
+    assert_eq!(batch.offsets, once.offsets);
+    assert_eq!(batch.transactions.len(), once.transactions.len());
+}
