@@ -37,7 +37,7 @@ pub struct Entry<'a> {
     pub partition: i32,
     pub offset: i64,
     /// Columns whose value the change did not send (unchanged TOAST).
-    pub unavailable: Vec<usize>,
+    pub unavailable: &'a [usize],
 }
 
 /// One version of a row: the row it is identified by (`start`: its key,
@@ -143,7 +143,7 @@ pub fn sequence(entries: &[Entry<'_>], stored: usize, columns: &Columns<'_>) -> 
         let mut sources = vec![row; columns.width];
         if let Some(previous) = previous {
             // Unchanged TOAST: the version before holds the value.
-            for &i in &entry.unavailable {
+            for &i in entry.unavailable {
                 if let Some(slot) = sources.get_mut(i) {
                     *slot = previous.source(i);
                 }
@@ -250,7 +250,7 @@ mod tests {
             topic: "t",
             partition: 0,
             offset,
-            unavailable: Vec::new(),
+            unavailable: &[],
         }
     }
 

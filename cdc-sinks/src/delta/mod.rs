@@ -207,7 +207,7 @@ impl DeltaConfig {
 
     /// The settings of a Delta table (defaults where it has none).
     pub fn table(&self, name: &str) -> TableConfig {
-        self.tables.get(name).cloned().unwrap_or_default()
+        crate::tables::table_config(&self.tables, &[name])
     }
 
     /// The table properties a table this sink creates starts with.

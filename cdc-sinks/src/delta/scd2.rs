@@ -175,7 +175,7 @@ impl EntryColumns {
                 topic: self.topic.value(row),
                 partition: self.partition.value(row),
                 offset: self.offset.value(row),
-                unavailable: self.unavailable.get(row).cloned().unwrap_or_default(),
+                unavailable: self.unavailable.get(row).map_or(&[], Vec::as_slice),
             })
             .collect()
     }

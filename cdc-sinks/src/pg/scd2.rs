@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use cdc_core::scd2::{Columns, Entry, Sequence, Tracked};
-use cdc_core::{ChangeEvent, Field, Op, Position, Result, RowChange, StageTimes};
+use cdc_core::{ChangeEvent, DataType, Field, Op, Position, Result, RowChange, StageTimes, Value};
 use futures::pin_mut;
 use tokio_postgres::Transaction;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -26,7 +26,7 @@ use tokio_postgres::types::{FromSql, ToSql, Type};
 
 use super::apply::{Staged, StateTables, default_value};
 use super::connection::sink_error;
-use super::copy::{Binary, PG_EPOCH_MICROS};
+use super::copy::{Binary, Cell as CopyCell};
 use super::offsets::DELETED_KEYS;
 use super::types::{cast_staged, quote_ident, quote_literal};
 
@@ -112,7 +112,7 @@ impl Meta {
             topic: &self.topic,
             partition: self.partition,
             offset: self.offset,
-            unavailable: self.unavailable.clone(),
+            unavailable: &self.unavailable,
         }
     }
 }
@@ -463,7 +463,11 @@ impl StateTables {
         let sql =
             format!("SELECT * FROM {table} t WHERE t.{IS_CURRENT} AND t.{START_ORDER} < $1", table = layout.table);
         let current = tx.query(&sql, &[&hex]).await.map_err(|e| sink_error(self.sink_name(), &e))?;
-        let at: Cell = event.source.ts_micros().and_then(|us| Binary::of(&(us - PG_EPOCH_MICROS), &Type::INT8));
+        let at: Cell = event.source.ts_micros().and_then(|us| {
+            let value = Value::TimestampTz(us);
+            let cell = CopyCell { value: &value, data_type: &DataType::TimestampTz, geometry_as_point: false };
+            Binary::of(&cell, &Type::TIMESTAMPTZ)
+        });
         let mut stored = Rows::default();
         for row in &current {
             layout.push(&mut stored, layout.cells(row), &[]);
